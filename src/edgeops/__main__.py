@@ -1,0 +1,3 @@
+from edgeops.cli import app
+
+app()

@@ -1,0 +1,125 @@
+"""Every knob of edgeops in one typed place.
+
+Values come from defaults here, then environment variables (`EDGEOPS_*`, nested
+groups with `__`, e.g. `EDGEOPS_GATES__MIN_INT8_ACCURACY=0.97`), then CLI flags.
+KFP components read the same object from their environment, so the local runner
+and a cluster differ only in the environment they hand to each task.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import BaseModel, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+CREDENTIALS_FILE = "credentials.json"
+
+
+class DatasetConfig(BaseModel):
+    """How recordings become windows. Part of the dataset version hash."""
+
+    labels: list[str] = ["empty_or_cat", "occupied"]
+    timestamp_column: str = "Timestamp"
+    channel_columns: list[str] = ["Float1", "Float2", "Float3", "Float4"]
+    timestamp_format: str = "%Y-%m-%d %H:%M:%S.%f"
+    min_pa: float = 80_000.0
+    max_pa: float = 120_000.0
+    window: int = Field(8, ge=2, description="consecutive frames per sample (~1.3 s at 6.3 Hz)")
+    stride: int = Field(1, ge=1)
+    val_fraction: float = Field(0.15, gt=0, lt=0.5)
+    test_fraction: float = Field(0.15, gt=0, lt=0.5)
+
+
+class TrainConfig(BaseModel):
+    seed: int = 7
+    epochs: int = Field(40, ge=1)
+    batch_size: int = Field(32, ge=1)
+    learning_rate: float = Field(3e-3, gt=0)
+    hidden: int = Field(32, ge=2)
+
+
+class BenchmarkConfig(BaseModel):
+    latency_runs: int = Field(1000, ge=1)
+    warmup_runs: int = Field(100, ge=0)
+
+
+class GateConfig(BaseModel):
+    """Thresholds verify enforces before anything may be promoted."""
+
+    min_int8_accuracy: float = 0.98
+    max_int8_accuracy_drop: float = 0.005
+    max_int8_p95_ms: float = 5.0
+    max_int8_size_bytes: int = 1_000_000
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="EDGEOPS_", env_nested_delimiter="__", extra="ignore"
+    )
+
+    # Where things live on this machine.
+    state_dir: Path = Path(".edgeops")
+    out_dir: Path = Path("out")
+
+    # Local stack: every service binds `host`.
+    host: str = "127.0.0.1"
+    s3_port: int = 9000
+    mlflow_port: int = 5000
+    seaweed_master_port: int = 9333
+    seaweed_volume_port: int = 9340
+    seaweed_filer_port: int = 9350
+    minio_console_port: int = 9001
+    mlflow_workers: int = 1
+    startup_timeout_s: float = 180.0
+    stop_timeout_s: float = 45.0
+
+    # Endpoints; empty means "the local stack". A cluster sets both.
+    s3_endpoint: str = ""
+    mlflow_tracking_uri: str = ""
+    s3_access_key: SecretStr | None = None
+    s3_secret_key: SecretStr | None = None
+
+    raw_bucket: str = "raw"
+    staging_bucket: str = "mlflow"
+    ota_bucket: str = "ota"
+
+    experiment: str = "mat-occupancy"
+    model_name: str = "mat-occupancy"
+    registry_alias: str = "production"
+    session_manifest: Path = Path("data/seroton-mat/session.json")
+    pipeline_package: Path = Path("pipelines/mat_occupancy.yaml")
+    component_image: str = "ghcr.io/edgeops/edgeops:0.1.0"
+
+    dataset: DatasetConfig = DatasetConfig()
+    train: TrainConfig = TrainConfig()
+    benchmark: BenchmarkConfig = BenchmarkConfig()
+    gates: GateConfig = GateConfig()
+
+    @property
+    def s3_url(self) -> str:
+        return self.s3_endpoint or f"http://{self.host}:{self.s3_port}"
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.mlflow_tracking_uri or f"http://{self.host}:{self.mlflow_port}"
+
+    @cached_property
+    def credentials(self) -> tuple[str, str]:
+        """S3 access key and secret: from the environment, else from the local stack's state."""
+        if self.s3_access_key and self.s3_secret_key:
+            return self.s3_access_key.get_secret_value(), self.s3_secret_key.get_secret_value()
+        path = self.state_dir / CREDENTIALS_FILE
+        if not path.exists():
+            raise RuntimeError(
+                f"no S3 credentials: set EDGEOPS_S3_ACCESS_KEY and EDGEOPS_S3_SECRET_KEY, "
+                f"or start the local stack (`make up`), which writes {path}"
+            )
+        stored = json.loads(path.read_text())
+        return stored["access_key"], stored["secret_key"]
+
+    def ota_url(self, key: str = "") -> str:
+        """Plain-HTTP address a device uses for an object in the OTA bucket."""
+        return f"{self.s3_url}/{self.ota_bucket}/{key}"
