@@ -1,3 +1,3 @@
-from edgeops.cli import app
+from edgeops.cli import main
 
-app()
+main()

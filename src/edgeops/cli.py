@@ -1,16 +1,33 @@
-"""`edgeops`: the stack, the six stages, the pipeline and the demo from one command."""
+"""`edgeops`: the local stack, the six stages, the pipeline and the demo from one command.
+
+Stage commands read and write directories (default `out/stages/<stage>`), so
+`edgeops ingest && edgeops train && …` runs the pipeline by hand.
+"""
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from edgeops import stack
+from edgeops.errors import EdgeopsError
 from edgeops.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-console = Console()
+pipeline_app = typer.Typer(no_args_is_help=True, help="Compile the KFP pipeline or run it with the local runner.")
+app.add_typer(pipeline_app, name="pipeline")
+console = Console(soft_wrap=True)
+
+
+def stage_dir(name: str) -> Path:
+    return Settings().out_dir / "stages" / name
+
+
+Dir = Annotated[Path, typer.Option(file_okay=False)]
 
 
 @app.command()
@@ -42,3 +59,90 @@ def _print_status(settings: Settings) -> None:
         health = "[green]healthy[/]" if state.healthy else "[red]down[/]"
         table.add_row(state.name, str(state.pid or "-"), state.url, health)
     console.print(table)
+
+
+@app.command()
+def ingest(
+    manifest: Annotated[Path | None, typer.Option(help="session manifest (file -> label)")] = None,
+    out: Dir = stage_dir("ingest"),
+) -> None:
+    """Validate recordings, archive them to S3, build a versioned, time-split dataset."""
+    from edgeops.ingest import ingest as run
+
+    settings = Settings()
+    info = run(manifest or settings.session_manifest, out, settings)
+    console.print(f"dataset [bold]{info.version}[/] windows {info.windows} → {out}; MLflow run {info.run_id}")
+
+
+@app.command()
+def train(dataset: Dir = stage_dir("ingest"), out: Dir = stage_dir("train")) -> None:
+    """Train the network; normalisation from the training split goes inside the model."""
+    from edgeops.train import train as run
+
+    info = run(dataset, out, Settings())
+    console.print(f"best epoch {info.best_epoch}: val accuracy {info.val_accuracy:.4f} → {out}")
+
+
+@app.command("export")
+def export_(dataset: Dir = stage_dir("ingest"), model: Dir = stage_dir("train"), out: Dir = stage_dir("export")) -> None:
+    """Export FP32 and PTQ INT8 ExecuTorch programs lowered to XNNPACK."""
+    from edgeops.export import export as run
+
+    result = run(dataset, model, out, Settings())
+    for name in ("fp32", "int8"):
+        program = getattr(result, name)
+        console.print(
+            f"{name}: {program.size_bytes:,} bytes, {program.delegated_ops} ops delegated to XNNPACK, "
+            f"{program.non_delegated_ops} not → {out / program.file}"
+        )
+
+
+@app.command()
+def benchmark(
+    dataset: Dir = stage_dir("ingest"),
+    model: Dir = stage_dir("train"),
+    executorch: Dir = stage_dir("export"),
+    out: Dir = stage_dir("benchmark"),
+) -> None:
+    """Accuracy and latency of eager, FP32 and INT8 on the test split."""
+    from edgeops.benchmark import REPORT_FILE
+    from edgeops.benchmark import benchmark as run
+
+    run(dataset, model, executorch, out, Settings())
+    console.print((out / REPORT_FILE).read_text())
+
+
+@app.command()
+def verify(
+    dataset: Dir = stage_dir("ingest"),
+    executorch: Dir = stage_dir("export"),
+    benchmark: Dir = stage_dir("benchmark"),
+    out: Dir = stage_dir("verify"),
+) -> None:
+    """Re-download the INT8 program from MLflow, check hash and shapes, apply the gates."""
+    from edgeops.verify import verify as run
+
+    result = run(dataset, executorch, benchmark, out, Settings())
+    for gate in result.gates:
+        console.print(f"[green]✓[/] {gate.describe()}")
+
+
+@app.command()
+def promote(
+    verified: Dir = stage_dir("verify"),
+    out: Dir = stage_dir("promote"),
+    model_name: Annotated[str | None, typer.Option(help="registered model and OTA prefix")] = None,
+) -> None:
+    """Register the verified model, alias it, publish it and then its manifest to the OTA bucket."""
+    from edgeops.promote import promote as run
+
+    result = run(verified, out, Settings(), model_name)
+    console.print(f"promoted {result.model_name} version {result.version}: {result.manifest_url}")
+
+
+def main() -> None:
+    try:
+        app()
+    except EdgeopsError as error:
+        Console(stderr=True).print(f"[bold red]error:[/] {error}", highlight=False)
+        raise SystemExit(1) from None

@@ -24,12 +24,13 @@ from pathlib import Path
 
 from rich.console import Console
 
+from edgeops.errors import EdgeopsError
 from edgeops.settings import CREDENTIALS_FILE, Settings
 
 console = Console(stderr=True)
 
 
-class StackError(RuntimeError):
+class StackError(EdgeopsError):
     pass
 
 

@@ -1,0 +1,193 @@
+"""Benchmark: accuracy and latency of the eager model and both `.pte` on the test split."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+
+from edgeops import tracking
+from edgeops.export import ExportedModels
+from edgeops.ingest import load_splits
+from edgeops.runtime import Program
+from edgeops.settings import Settings
+from edgeops.train import WEIGHTS_FILE, load_model
+
+INFO_FILE = "benchmark.json"
+REPORT_FILE = "report.md"
+RUNNERS = ("eager", "fp32", "int8")
+OFFSETS_PA = (-1000.0, 1000.0)  # common offset of the order weather adds
+
+
+class Latency(BaseModel):
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_ms: float
+    runs: int
+
+
+class RunnerResult(BaseModel):
+    accuracy: float
+    precision: float
+    recall: float
+    f1: float
+    confusion: list[list[int]]  # rows: true label, columns: predicted label
+    latency: Latency
+    load_ms: float
+    size_bytes: int
+
+
+class BenchmarkReport(BaseModel):
+    run_id: str
+    dataset_version: str
+    labels: list[str]
+    test_windows: int
+    results: dict[str, RunnerResult]
+    int8_offset_accuracy: dict[str, float]
+
+    @property
+    def int8_accuracy_drop(self) -> float:
+        return self.results["fp32"].accuracy - self.results["int8"].accuracy
+
+    @classmethod
+    def load(cls, directory: Path) -> BenchmarkReport:
+        return cls.model_validate_json((directory / INFO_FILE).read_text())
+
+
+def classification(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> dict[str, float | list[list[int]]]:
+    """Accuracy, macro-averaged precision/recall/F1 and the confusion matrix."""
+    confusion = np.zeros((classes, classes), dtype=np.int64)
+    np.add.at(confusion, (y_true, y_pred), 1)
+    true_positive = np.diag(confusion).astype(np.float64)
+    precision = np.divide(true_positive, confusion.sum(axis=0), out=np.zeros(classes), where=confusion.sum(axis=0) > 0)
+    recall = np.divide(true_positive, confusion.sum(axis=1), out=np.zeros(classes), where=confusion.sum(axis=1) > 0)
+    denominator = precision + recall
+    f1 = np.divide(2 * precision * recall, denominator, out=np.zeros(classes), where=denominator > 0)
+    return {
+        "accuracy": float(true_positive.sum() / max(1, confusion.sum())),
+        "precision": float(precision.mean()),
+        "recall": float(recall.mean()),
+        "f1": float(f1.mean()),
+        "confusion": confusion.tolist(),
+    }
+
+
+def measure_latency(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, runs: int, warmup: int) -> Latency:
+    """Single-sample calls, cycling through the test windows, after warm-up."""
+    samples = [x[i : i + 1] for i in range(len(x))]
+    for i in range(warmup):
+        predict(samples[i % len(samples)])
+    timings = np.empty(runs)
+    for i in range(runs):
+        sample = samples[i % len(samples)]
+        started = time.perf_counter_ns()
+        predict(sample)
+        timings[i] = (time.perf_counter_ns() - started) / 1e6
+    p50, p95, p99 = np.percentile(timings, [50, 95, 99])
+    return Latency(p50_ms=p50, p95_ms=p95, p99_ms=p99, mean_ms=float(timings.mean()), runs=runs)
+
+
+def predict_all(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
+    return np.array([int(predict(x[i : i + 1]).argmax(dim=1)) for i in range(len(x))])
+
+
+def render_report(report: BenchmarkReport, exported: ExportedModels) -> str:
+    lines = [
+        f"# Benchmark — dataset {report.dataset_version}, run {report.run_id}",
+        "",
+        f"{report.test_windows} test windows (the newest time block of every recording); "
+        "latency is one window per call, after warm-up.",
+        "",
+        "| model | accuracy | precision | recall | F1 | p50 ms | p95 ms | p99 ms | load ms | size bytes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, r in report.results.items():
+        lines.append(
+            f"| {name} | {r.accuracy:.4f} | {r.precision:.4f} | {r.recall:.4f} | {r.f1:.4f} | "
+            f"{r.latency.p50_ms:.4f} | {r.latency.p95_ms:.4f} | {r.latency.p99_ms:.4f} | {r.load_ms:.2f} | {r.size_bytes:,} |"
+        )
+    lines += ["", f"INT8 accuracy drop vs FP32: {report.int8_accuracy_drop * 100:+.2f} points.", ""]
+    for name in ("fp32", "int8"):
+        program = getattr(exported, name)
+        lines.append(
+            f"- {name}: {program.delegated_ops} ops delegated to XNNPACK, {program.non_delegated_ops} not "
+            f"(sha256 `{program.sha256[:16]}…`)"
+        )
+    lines += ["", "INT8 accuracy with a common pressure offset (weather moves every chamber together):", ""]
+    lines += [f"- {offset}: {accuracy:.4f}" for offset, accuracy in report.int8_offset_accuracy.items()]
+    lines += ["", "Confusion matrices (rows: true, columns: predicted, order " + ", ".join(report.labels) + "):", ""]
+    lines += [f"- {name}: {r.confusion}" for name, r in report.results.items()]
+    return "\n".join(lines) + "\n"
+
+
+def benchmark(dataset_dir: Path, model_dir: Path, export_dir: Path, out_dir: Path, settings: Settings) -> BenchmarkReport:
+    config = settings.benchmark
+    exported = ExportedModels.load(export_dir)
+    x_np, y_true = load_splits(dataset_dir)["test"]
+    x = torch.from_numpy(x_np)
+    classes = len(exported.spec.labels)
+
+    started = time.perf_counter()
+    _, eager = load_model(model_dir)
+    eager_load_ms = (time.perf_counter() - started) * 1000
+    programs = {name: Program(export_dir / getattr(exported, name).file) for name in ("fp32", "int8")}
+
+    def eager_predict(sample: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            return eager(sample)
+
+    predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"eager": eager_predict, **programs}
+    results = {}
+    for name, predict in predictors.items():
+        metrics = classification(y_true, predict_all(predict, x), classes)
+        results[name] = RunnerResult(
+            **metrics,  # type: ignore[arg-type]
+            latency=measure_latency(predict, x, config.latency_runs, config.warmup_runs),
+            load_ms=eager_load_ms if name == "eager" else programs[name].load_ms,
+            size_bytes=(model_dir / WEIGHTS_FILE).stat().st_size if name == "eager" else getattr(exported, name).size_bytes,
+        )
+    offset_accuracy = {
+        f"{offset:+.0f} Pa": float((predict_all(programs["int8"], x + offset) == y_true).mean()) for offset in OFFSETS_PA
+    }
+    report = BenchmarkReport(
+        run_id=exported.run_id,
+        dataset_version=exported.dataset_version,
+        labels=exported.spec.labels,
+        test_windows=len(y_true),
+        results=results,
+        int8_offset_accuracy=offset_accuracy,
+    )
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / INFO_FILE).write_text(report.model_dump_json(indent=2))
+    markdown = render_report(report, exported)
+    (out_dir / REPORT_FILE).write_text(markdown)
+
+    import mlflow
+
+    with tracking.resume_run(settings, exported.run_id):
+        for name, r in results.items():
+            mlflow.log_metrics(
+                {
+                    f"{name}_accuracy": r.accuracy,
+                    f"{name}_precision": r.precision,
+                    f"{name}_recall": r.recall,
+                    f"{name}_f1": r.f1,
+                    f"{name}_latency_p50_ms": r.latency.p50_ms,
+                    f"{name}_latency_p95_ms": r.latency.p95_ms,
+                    f"{name}_latency_p99_ms": r.latency.p99_ms,
+                    f"{name}_load_ms": r.load_ms,
+                }
+            )
+            mlflow.log_dict({"labels": report.labels, "matrix": r.confusion}, f"benchmark/confusion_{name}.json")
+        mlflow.log_metric("int8_accuracy_drop", report.int8_accuracy_drop)
+        for offset, accuracy in zip(OFFSETS_PA, offset_accuracy.values(), strict=True):
+            mlflow.log_metric(f"int8_accuracy_offset_{offset:.0f}pa", accuracy)
+        mlflow.log_text(markdown, f"benchmark/{REPORT_FILE}")
+        mlflow.log_dict(report.model_dump(mode="json"), f"benchmark/{INFO_FILE}")
+    return report

@@ -1,0 +1,71 @@
+"""The mat-occupancy network. It takes raw Pa and carries its own normalisation."""
+
+from __future__ import annotations
+
+import torch
+from pydantic import BaseModel
+from torch import nn
+
+
+class ModelSpec(BaseModel):
+    """What it takes to rebuild the network and to feed it on a device."""
+
+    labels: list[str]
+    window: int
+    channels: int
+    hidden: int
+
+    @property
+    def input_shape(self) -> list[int]:
+        return [1, self.window, self.channels]
+
+    @property
+    def output_shape(self) -> list[int]:
+        return [1, len(self.labels)]
+
+
+class PressureFeatures(nn.Module):
+    """Chamber-vs-chamber and within-window differences, standardised with training-split statistics.
+
+    Weather and altitude move all four chambers together by ~1 kPa, as much as a
+    person does; differences cancel that common offset, so the model cannot learn
+    the day's absolute pressure. The statistics are buffers, exported with the model.
+    """
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(2 * channels))
+        self.register_buffer("std", torch.ones(2 * channels))
+
+    @staticmethod
+    def differences(pressure: torch.Tensor) -> torch.Tensor:
+        across_chambers = pressure - pressure.mean(dim=2, keepdim=True)
+        over_time = pressure - pressure.mean(dim=1, keepdim=True)
+        return torch.cat([across_chambers, over_time], dim=2)
+
+    def fit(self, pressure: torch.Tensor, min_std_pa: float = 1.0) -> None:
+        features = self.differences(pressure).reshape(-1, self.mean.numel())
+        self.mean.copy_(features.mean(dim=0))
+        self.std.copy_(features.std(dim=0).clamp_min(min_std_pa))
+
+    def forward(self, pressure: torch.Tensor) -> torch.Tensor:
+        return (self.differences(pressure) - self.mean) / self.std
+
+
+class MatOccupancyNet(nn.Module):
+    """[batch, window, channels] Pa -> [batch, classes] logits."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        super().__init__()
+        self.features = PressureFeatures(spec.channels)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(spec.window * 2 * spec.channels, spec.hidden),
+            nn.ReLU(),
+            nn.Linear(spec.hidden, spec.hidden),
+            nn.ReLU(),
+            nn.Linear(spec.hidden, len(spec.labels)),
+        )
+
+    def forward(self, pressure: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(pressure))

@@ -1,0 +1,42 @@
+"""Loading and running `.pte` programs with the ExecuTorch runtime, as a device does."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from edgeops.errors import VerificationError
+
+
+class Program:
+    """A loaded `forward` method, with how long loading took."""
+
+    def __init__(self, path: Path) -> None:
+        from executorch.runtime import Runtime
+
+        started = time.perf_counter()
+        program = Runtime.get().load_program(path)
+        self.method: Any = program.load_method("forward")
+        self.load_ms = (time.perf_counter() - started) * 1000
+        self.path = path
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.method.execute([x])[0]
+
+    def signature(self) -> tuple[list[int], list[int]]:
+        meta = self.method.metadata
+        return list(meta.input_tensor_meta(0).sizes()), list(meta.output_tensor_meta(0).sizes())
+
+    def check(self, input_shape: list[int], output_shape: list[int], sample: torch.Tensor) -> None:
+        """Raise unless the program has the expected shapes and gives finite output on a real input."""
+        actual_in, actual_out = self.signature()
+        if actual_in != input_shape or actual_out != output_shape:
+            raise VerificationError(
+                f"{self.path.name}: signature {actual_in} -> {actual_out}, expected {input_shape} -> {output_shape}"
+            )
+        output = self(sample)
+        if list(output.shape) != output_shape or not torch.isfinite(output).all():
+            raise VerificationError(f"{self.path.name}: output {output.tolist()} is not finite or has the wrong shape")
