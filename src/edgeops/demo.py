@@ -1,0 +1,95 @@
+"""The demo: run the pipeline, then fetch and run the promoted model the way a device does."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from edgeops import stack, tracking
+from edgeops.errors import VerificationError
+from edgeops.ingest import read_manifest, read_recording, windows
+from edgeops.pipeline import run_local
+from edgeops.promote import manifest_key
+from edgeops.runtime import Program
+from edgeops.settings import Settings
+from edgeops.storage import sha256_bytes
+
+
+def http_get(url: str) -> bytes:
+    """Anonymous plain-HTTP GET: no credentials, as a device on the OTA bucket."""
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return bytes(response.read())
+
+
+def device_check(settings: Settings, model_name: str, manifest_path: Path) -> dict[str, Any]:
+    """Poll latest.json, download the model, check its hash, classify every recording's frames."""
+    manifest = json.loads(http_get(settings.ota_url(manifest_key(model_name))))
+    blob = http_get(settings.ota_url(manifest["model_key"]))
+    actual = sha256_bytes(blob)
+    if actual != manifest["sha256"] or len(blob) != manifest["size"]:
+        raise VerificationError(f"downloaded model has sha256 {actual} ({len(blob)} bytes); manifest says {manifest['sha256']}")
+    window = manifest["input"]["shape"][1]
+    labels = manifest["labels"]
+    predictions: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as scratch:
+        path = Path(scratch) / "model.pte"
+        path.write_bytes(blob)
+        program = Program(path)
+        for recording_path, label in read_manifest(manifest_path, settings.dataset):
+            recording = read_recording(recording_path, label, settings.dataset)
+            frames = torch.from_numpy(windows(recording.pressures, window, window).astype(np.float32))
+            predicted = [labels[int(program(frames[i : i + 1]).argmax())] for i in range(len(frames))]
+            predictions[recording.source.file] = {
+                "label": label,
+                "windows": len(predicted),
+                "agreement": sum(p == label for p in predicted) / len(predicted),
+            }
+    return {"manifest": manifest, "sha256_verified": True, "predictions": predictions}
+
+
+def run_demo(settings: Settings, manifest_path: Path, model_name: str) -> dict[str, Any]:
+    stack.start(settings)
+    arguments = {"session_manifest": str(manifest_path.resolve()), "model_name": model_name}
+    pipeline = run_local(settings, arguments, settings.out_dir / "kfp")
+    device = device_check(settings, model_name, manifest_path)
+    manifest = device["manifest"]
+    run = tracking.client(settings).get_run(manifest["source_run_id"])
+    metrics = run.data.metrics
+    summary: dict[str, Any] = {
+        "model_name": model_name,
+        "dataset_version": manifest["dataset_version"],
+        "mlflow_tracking_uri": settings.tracking_uri,
+        "mlflow_run_id": run.info.run_id,
+        "mlflow_run_url": f"{settings.tracking_uri}/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}",
+        "eager_accuracy": metrics["eager_accuracy"],
+        "fp32_accuracy": metrics["fp32_accuracy"],
+        "int8_accuracy": metrics["int8_accuracy"],
+        "int8_accuracy_drop": metrics["int8_accuracy_drop"],
+        "test_windows": manifest["metrics"]["test_windows"],
+        "fp32_latency_p50_ms": metrics["fp32_latency_p50_ms"],
+        "int8_latency_p50_ms": metrics["int8_latency_p50_ms"],
+        "int8_latency_p95_ms": metrics["int8_latency_p95_ms"],
+        "fp32_size_bytes": int(metrics["fp32_size_bytes"]),
+        "int8_size_bytes": int(metrics["int8_size_bytes"]),
+        "promoted_version": manifest["version"],
+        "registry_alias": settings.registry_alias,
+        "s3_endpoint": settings.s3_url,
+        "ota_bucket": settings.ota_bucket,
+        "manifest_key": manifest_key(model_name),
+        "manifest_url": settings.ota_url(manifest_key(model_name)),
+        "model_url": settings.ota_url(manifest["model_key"]),
+        "sha256": manifest["sha256"],
+        "device_check": {"sha256_verified": device["sha256_verified"], "predictions": device["predictions"]},
+        "pipeline_seconds": pipeline.seconds,
+        "stage_seconds": pipeline.stage_seconds,
+    }
+    out = settings.out_dir / "demo" / "summary.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(summary, indent=2))
+    return summary
