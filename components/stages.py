@@ -103,7 +103,9 @@ def verify(
         max_int8_p95_ms=max_int8_p95_ms,
         max_int8_size_bytes=max_int8_size_bytes,
     )
-    result = run(Path(dataset.path), Path(executorch.path), Path(results.path), Path(verified.path), Settings(gates=gates))
+    result = run(
+        Path(dataset.path), Path(executorch.path), Path(results.path), Path(verified.path), Settings(gates=gates)
+    )
     verified.metadata.update({"sha256": result.sha256, "size_bytes": result.size_bytes})
 
 

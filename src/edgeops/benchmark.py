@@ -77,7 +77,9 @@ def classification(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> dict
     }
 
 
-def measure_latency(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, runs: int, warmup: int) -> Latency:
+def measure_latency(
+    predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, runs: int, warmup: int
+) -> Latency:
     """Single-sample calls, cycling through the test windows, after warm-up."""
     samples = [x[i : i + 1] for i in range(len(x))]
     for i in range(warmup):
@@ -109,7 +111,8 @@ def render_report(report: BenchmarkReport, exported: ExportedModels) -> str:
     for name, r in report.results.items():
         lines.append(
             f"| {name} | {r.accuracy:.4f} | {r.precision:.4f} | {r.recall:.4f} | {r.f1:.4f} | "
-            f"{r.latency.p50_ms:.4f} | {r.latency.p95_ms:.4f} | {r.latency.p99_ms:.4f} | {r.load_ms:.2f} | {r.size_bytes:,} |"
+            f"{r.latency.p50_ms:.4f} | {r.latency.p95_ms:.4f} | {r.latency.p99_ms:.4f} | "
+            f"{r.load_ms:.2f} | {r.size_bytes:,} |"
         )
     lines += ["", f"INT8 accuracy drop vs FP32: {report.int8_accuracy_drop * 100:+.2f} points.", ""]
     for name in ("fp32", "int8"):
@@ -125,7 +128,9 @@ def render_report(report: BenchmarkReport, exported: ExportedModels) -> str:
     return "\n".join(lines) + "\n"
 
 
-def benchmark(dataset_dir: Path, model_dir: Path, export_dir: Path, out_dir: Path, settings: Settings) -> BenchmarkReport:
+def benchmark(
+    dataset_dir: Path, model_dir: Path, export_dir: Path, out_dir: Path, settings: Settings
+) -> BenchmarkReport:
     config = settings.benchmark
     exported = ExportedModels.load(export_dir)
     x_np, y_true = load_splits(dataset_dir)["test"]
@@ -146,13 +151,16 @@ def benchmark(dataset_dir: Path, model_dir: Path, export_dir: Path, out_dir: Pat
     for name, predict in predictors.items():
         metrics = classification(y_true, predict_all(predict, x), classes)
         results[name] = RunnerResult(
-            **metrics,  # type: ignore[arg-type]
+            **metrics,
             latency=measure_latency(predict, x, config.latency_runs, config.warmup_runs),
             load_ms=eager_load_ms if name == "eager" else programs[name].load_ms,
-            size_bytes=(model_dir / WEIGHTS_FILE).stat().st_size if name == "eager" else getattr(exported, name).size_bytes,
+            size_bytes=(model_dir / WEIGHTS_FILE).stat().st_size
+            if name == "eager"
+            else getattr(exported, name).size_bytes,
         )
     offset_accuracy = {
-        f"{offset:+.0f} Pa": float((predict_all(programs["int8"], x + offset) == y_true).mean()) for offset in OFFSETS_PA
+        f"{offset:+.0f} Pa": float((predict_all(programs["int8"], x + offset) == y_true).mean())
+        for offset in OFFSETS_PA
     }
     report = BenchmarkReport(
         run_id=exported.run_id,

@@ -23,10 +23,9 @@ app.add_typer(pipeline_app, name="pipeline")
 console = Console(soft_wrap=True)
 
 
-def stage_dir(name: str) -> Path:
-    return Settings().out_dir / "stages" / name
-
-
+STAGES = Settings().out_dir / "stages"
+INGEST_DIR, TRAIN_DIR, EXPORT_DIR = STAGES / "ingest", STAGES / "train", STAGES / "export"
+BENCHMARK_DIR, VERIFY_DIR, PROMOTE_DIR = STAGES / "benchmark", STAGES / "verify", STAGES / "promote"
 Dir = Annotated[Path, typer.Option(file_okay=False)]
 
 
@@ -64,7 +63,7 @@ def _print_status(settings: Settings) -> None:
 @app.command()
 def ingest(
     manifest: Annotated[Path | None, typer.Option(help="session manifest (file -> label)")] = None,
-    out: Dir = stage_dir("ingest"),
+    out: Dir = INGEST_DIR,
 ) -> None:
     """Validate recordings, archive them to S3, build a versioned, time-split dataset."""
     from edgeops.ingest import ingest as run
@@ -75,7 +74,7 @@ def ingest(
 
 
 @app.command()
-def train(dataset: Dir = stage_dir("ingest"), out: Dir = stage_dir("train")) -> None:
+def train(dataset: Dir = INGEST_DIR, out: Dir = TRAIN_DIR) -> None:
     """Train the network; normalisation from the training split goes inside the model."""
     from edgeops.train import train as run
 
@@ -84,7 +83,7 @@ def train(dataset: Dir = stage_dir("ingest"), out: Dir = stage_dir("train")) -> 
 
 
 @app.command("export")
-def export_(dataset: Dir = stage_dir("ingest"), model: Dir = stage_dir("train"), out: Dir = stage_dir("export")) -> None:
+def export_(dataset: Dir = INGEST_DIR, model: Dir = TRAIN_DIR, out: Dir = EXPORT_DIR) -> None:
     """Export FP32 and PTQ INT8 ExecuTorch programs lowered to XNNPACK."""
     from edgeops.export import export as run
 
@@ -99,10 +98,10 @@ def export_(dataset: Dir = stage_dir("ingest"), model: Dir = stage_dir("train"),
 
 @app.command()
 def benchmark(
-    dataset: Dir = stage_dir("ingest"),
-    model: Dir = stage_dir("train"),
-    executorch: Dir = stage_dir("export"),
-    out: Dir = stage_dir("benchmark"),
+    dataset: Dir = INGEST_DIR,
+    model: Dir = TRAIN_DIR,
+    executorch: Dir = EXPORT_DIR,
+    out: Dir = BENCHMARK_DIR,
 ) -> None:
     """Accuracy and latency of eager, FP32 and INT8 on the test split."""
     from edgeops.benchmark import REPORT_FILE
@@ -114,10 +113,10 @@ def benchmark(
 
 @app.command()
 def verify(
-    dataset: Dir = stage_dir("ingest"),
-    executorch: Dir = stage_dir("export"),
-    benchmark: Dir = stage_dir("benchmark"),
-    out: Dir = stage_dir("verify"),
+    dataset: Dir = INGEST_DIR,
+    executorch: Dir = EXPORT_DIR,
+    benchmark: Dir = BENCHMARK_DIR,
+    out: Dir = VERIFY_DIR,
 ) -> None:
     """Re-download the INT8 program from MLflow, check hash and shapes, apply the gates."""
     from edgeops.verify import verify as run
@@ -129,8 +128,8 @@ def verify(
 
 @app.command()
 def promote(
-    verified: Dir = stage_dir("verify"),
-    out: Dir = stage_dir("promote"),
+    verified: Dir = VERIFY_DIR,
+    out: Dir = PROMOTE_DIR,
     model_name: Annotated[str | None, typer.Option(help="registered model and OTA prefix")] = None,
 ) -> None:
     """Register the verified model, alias it, publish it and then its manifest to the OTA bucket."""
@@ -183,20 +182,34 @@ def demo(
         ("dataset version", summary["dataset_version"]),
         ("MLflow run", summary["mlflow_run_url"]),
         ("test windows", f"{summary['test_windows']:.0f} (newest time block of each recording)"),
-        ("accuracy eager / FP32 / INT8", f"{summary['eager_accuracy']:.4f} / {summary['fp32_accuracy']:.4f} / {summary['int8_accuracy']:.4f}"),
-        ("latency p50 FP32 / INT8", f"{summary['fp32_latency_p50_ms']:.4f} ms / {summary['int8_latency_p50_ms']:.4f} ms (p95 INT8 {summary['int8_latency_p95_ms']:.4f} ms)"),
+        (
+            "accuracy eager / FP32 / INT8",
+            f"{summary['eager_accuracy']:.4f} / {summary['fp32_accuracy']:.4f} / {summary['int8_accuracy']:.4f}",
+        ),
+        (
+            "latency p50 FP32 / INT8",
+            f"{summary['fp32_latency_p50_ms']:.4f} ms / {summary['int8_latency_p50_ms']:.4f} ms"
+            f" (p95 INT8 {summary['int8_latency_p95_ms']:.4f} ms)",
+        ),
         ("size FP32 / INT8", f"{summary['fp32_size_bytes']:,} / {summary['int8_size_bytes']:,} bytes"),
-        ("promoted", f"{summary['model_name']} version {summary['promoted_version']} (alias '{summary['registry_alias']}')"),
+        (
+            "promoted",
+            f"{summary['model_name']} version {summary['promoted_version']} (alias '{summary['registry_alias']}')",
+        ),
         ("manifest", summary["manifest_url"]),
         ("model", summary["model_url"]),
     ]
     for file, result in summary["device_check"]["predictions"].items():
-        rows.append((f"device: {file}", f"{result['agreement']:.0%} of {result['windows']} windows read as '{result['label']}'"))
+        rows.append(
+            (f"device: {file}", f"{result['agreement']:.0%} of {result['windows']} windows read as '{result['label']}'")
+        )
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
     console.print(f"summary: {Settings().out_dir / 'demo' / 'summary.json'}")
-    console.print(f"MLflow UI: {summary['mlflow_tracking_uri']}   OTA bucket: {summary['s3_endpoint']}/{summary['ota_bucket']}/")
+    console.print(
+        f"MLflow UI: {summary['mlflow_tracking_uri']}   OTA bucket: {summary['s3_endpoint']}/{summary['ota_bucket']}/"
+    )
     console.print("the stack keeps running; stop it with [bold]make down[/]")
 
 

@@ -33,7 +33,9 @@ def device_check(settings: Settings, model_name: str, manifest_path: Path) -> di
     blob = http_get(settings.ota_url(manifest["model_key"]))
     actual = sha256_bytes(blob)
     if actual != manifest["sha256"] or len(blob) != manifest["size"]:
-        raise VerificationError(f"downloaded model has sha256 {actual} ({len(blob)} bytes); manifest says {manifest['sha256']}")
+        raise VerificationError(
+            f"downloaded model has sha256 {actual} ({len(blob)} bytes); manifest says {manifest['sha256']}"
+        )
     window = manifest["input"]["shape"][1]
     labels = manifest["labels"]
     predictions: dict[str, dict[str, Any]] = {}

@@ -78,7 +78,7 @@ def quantize(model: torch.nn.Module, example: tuple[torch.Tensor], calibration: 
 
     quantizer = XNNPACKQuantizer()
     quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)  # type: ignore[arg-type]
+    prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
     with torch.no_grad():
         for sample in calibration:
             prepared(sample.unsqueeze(0))
@@ -116,7 +116,12 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
                     f"{name}_non_delegated_ops": program.non_delegated_ops,
                 }
             )
-        mlflow.log_params({"export.quantizer": "XNNPACKQuantizer symmetric per-channel", "export.calibration_windows": len(calibration)})
+        mlflow.log_params(
+            {
+                "export.quantizer": "XNNPACKQuantizer symmetric per-channel",
+                "export.calibration_windows": len(calibration),
+            }
+        )
         mlflow.log_dict(result.model_dump(mode="json"), f"{ARTIFACT_DIR}/export.json")
     (out_dir / INFO_FILE).write_text(result.model_dump_json(indent=2))
     return result

@@ -78,8 +78,7 @@ def read_manifest(manifest: Path, config: DatasetConfig) -> list[tuple[Path, str
         path = (manifest.parent / file).resolve()
         if label not in config.labels:
             problems.append(
-                f"{manifest}: recording '{file}' has unknown label '{label}' "
-                f"(known labels: {', '.join(config.labels)})"
+                f"{manifest}: recording '{file}' has unknown label '{label}' (known labels: {', '.join(config.labels)})"
             )
         elif not path.is_file():
             problems.append(f"{manifest}: recording '{file}' not found at {path}")
@@ -147,7 +146,7 @@ def read_recording(path: Path, label: str, config: DatasetConfig) -> Recording:
                 hint = " (looks like kPa; the mat reports Pa)" if config.min_pa <= value * 1000 <= config.max_pa else ""
                 problems.append(
                     f"{where}: {value:g} Pa is outside the plausible range "
-                    f"{config.min_pa:g}–{config.max_pa:g} Pa{hint}"
+                    f"{config.min_pa:g} to {config.max_pa:g} Pa{hint}"
                 )
             pressures[row_number - 2, channel] = value
     if problems:
@@ -167,7 +166,11 @@ def split_frames(frames: int, config: DatasetConfig) -> dict[str, tuple[int, int
 def windows(pressures: np.ndarray, window: int, stride: int) -> np.ndarray:
     """[frames, channels] -> [n, window, channels], only windows wholly inside the block."""
     starts = range(0, len(pressures) - window + 1, stride)
-    return np.stack([pressures[start : start + window] for start in starts]) if starts else np.empty((0, window, pressures.shape[1]))
+    return (
+        np.stack([pressures[start : start + window] for start in starts])
+        if starts
+        else np.empty((0, window, pressures.shape[1]))
+    )
 
 
 def build_splits(recordings: list[Recording], config: DatasetConfig) -> Splits:
@@ -258,6 +261,14 @@ def ingest(manifest: Path, out_dir: Path, settings: Settings) -> DatasetInfo:
         mlflow.log_dict(info.model_dump(mode="json"), "dataset/dataset.json")
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(out_dir / DATA_FILE, **{f"{split}_{part}": splits[split][i] for split in SPLITS for i, part in enumerate("xy")})
+    np.savez(
+        out_dir / DATA_FILE,
+        train_x=splits["train"][0],
+        train_y=splits["train"][1],
+        val_x=splits["val"][0],
+        val_y=splits["val"][1],
+        test_x=splits["test"][0],
+        test_y=splits["test"][1],
+    )
     (out_dir / INFO_FILE).write_text(info.model_dump_json(indent=2))
     return info

@@ -123,11 +123,11 @@ def promote(verified_dir: Path, out_dir: Path, settings: Settings, model_name: s
     client.set_registered_model_alias(model_name, settings.registry_alias, str(version))
     manifest = build_manifest(verified, model_name, version, key)
     body = json.dumps(manifest, indent=2).encode()
-    condition = {"IfMatch": etag_before} if etag_before else {"IfNoneMatch": "*"}
     try:
-        s3.put_object(
-            Bucket=bucket, Key=latest, Body=body, ContentType="application/json", CacheControl="no-cache", **condition
-        )
+        if etag_before:  # replace exactly the manifest we read, or fail
+            s3.put_object(Bucket=bucket, Key=latest, Body=body, ContentType="application/json", IfMatch=etag_before)
+        else:  # the first release: only if nobody else created one meanwhile
+            s3.put_object(Bucket=bucket, Key=latest, Body=body, ContentType="application/json", IfNoneMatch="*")
     except ClientError as error:
         if previous_alias:
             client.set_registered_model_alias(model_name, settings.registry_alias, previous_alias)
@@ -138,7 +138,9 @@ def promote(verified_dir: Path, out_dir: Path, settings: Settings, model_name: s
                 f"s3://{bucket}/{latest} changed while promoting version {version} (another promotion won); "
                 "the manifest was left as the other promotion wrote it"
             ) from None
-        raise PromotionError(f"writing s3://{bucket}/{latest} failed ({error}); the previous release stays live") from None
+        raise PromotionError(
+            f"writing s3://{bucket}/{latest} failed ({error}); the previous release stays live"
+        ) from None
 
     import mlflow
 

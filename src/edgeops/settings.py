@@ -56,9 +56,7 @@ class GateConfig(BaseModel):
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="EDGEOPS_", env_nested_delimiter="__", extra="ignore"
-    )
+    model_config = SettingsConfigDict(env_prefix="EDGEOPS_", env_nested_delimiter="__", extra="ignore")
 
     # Where things live on this machine.
     state_dir: Path = Path(".edgeops")

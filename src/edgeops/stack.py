@@ -79,9 +79,13 @@ def s3_service(settings: Settings) -> Service:
         return Service(
             name="minio",
             command=[
-                "minio", "server", str(data),
-                "--address", f"{host}:{port}",
-                "--console-address", f"{host}:{settings.minio_console_port}",
+                "minio",
+                "server",
+                str(data),
+                "--address",
+                f"{host}:{port}",
+                "--console-address",
+                f"{host}:{settings.minio_console_port}",
             ],
             ports={"s3_port": port, "minio_console_port": settings.minio_console_port},
             health_url=f"http://{host}:{port}/minio/health/live",
@@ -117,14 +121,23 @@ def s3_service(settings: Settings) -> Service:
     return Service(
         name="seaweedfs",
         command=[
-            _seaweed_binary(), "server",
-            f"-dir={data}", f"-ip={host}", f"-ip.bind={host}",
+            _seaweed_binary(),
+            "server",
+            f"-dir={data}",
+            f"-ip={host}",
+            f"-ip.bind={host}",
             f"-master.port={settings.seaweed_master_port}",
             f"-volume.port={settings.seaweed_volume_port}",
             f"-filer.port={settings.seaweed_filer_port}",
-            "-s3", f"-s3.port={port}", f"-s3.config={s3_config}",
-            "-volume.max=50", "-master.volumeSizeLimitMB=1024", "-master.peers=none",
-            "-filer.disableHttp", "-s3.port.iceberg=0", "-s3.port.lance=0",
+            "-s3",
+            f"-s3.port={port}",
+            f"-s3.config={s3_config}",
+            "-volume.max=50",
+            "-master.volumeSizeLimitMB=1024",
+            "-master.peers=none",
+            "-filer.disableHttp",
+            "-s3.port.iceberg=0",
+            "-s3.port.lance=0",
         ],
         ports=ports,
         # Anonymous GET of the service root: 403 means S3 is answering and enforcing auth.
@@ -141,11 +154,20 @@ def mlflow_service(settings: Settings) -> Service:
     return Service(
         name="mlflow",
         command=[
-            sys.executable, "-m", "mlflow", "server",
-            "--host", host, "--port", str(port),
-            "--backend-store-uri", f"sqlite:///{db}",
-            "--artifacts-destination", f"s3://{settings.staging_bucket}/",
-            "--workers", str(settings.mlflow_workers),
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            host,
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{db}",
+            "--artifacts-destination",
+            f"s3://{settings.staging_bucket}/",
+            "--workers",
+            str(settings.mlflow_workers),
         ],
         ports={"mlflow_port": port},
         health_url=f"http://{host}:{port}/health",
@@ -261,9 +283,9 @@ def _start_service(settings: Settings, service: Service) -> None:
 
 
 def ensure_buckets(settings: Settings) -> None:
-    from edgeops.storage import error_code, s3_client
-
     from botocore.exceptions import ClientError
+
+    from edgeops.storage import error_code, s3_client
 
     s3 = s3_client(settings)
     existing = {bucket["Name"] for bucket in s3.list_buckets().get("Buckets", [])}

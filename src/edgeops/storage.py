@@ -55,9 +55,7 @@ def put_if_absent(s3: S3Client, bucket: str, key: str, body: bytes, content_type
     A conditional write, so two writers racing for one key cannot both win.
     """
     try:
-        s3.put_object(
-            Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*"
-        )
+        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*")
     except ClientError as error:
         if error_code(error) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
             return False

@@ -67,7 +67,9 @@ def evaluate_gates(report: BenchmarkReport, size_bytes: int, gates: GateConfig) 
     ]
 
 
-def verify(dataset_dir: Path, export_dir: Path, benchmark_dir: Path, out_dir: Path, settings: Settings) -> VerifiedModel:
+def verify(
+    dataset_dir: Path, export_dir: Path, benchmark_dir: Path, out_dir: Path, settings: Settings
+) -> VerifiedModel:
     exported = ExportedModels.load(export_dir)
     report = BenchmarkReport.load(benchmark_dir)
     expected = exported.int8
@@ -101,7 +103,9 @@ def verify(dataset_dir: Path, export_dir: Path, benchmark_dir: Path, out_dir: Pa
         mlflow.set_tag("verify", "failed gates" if failed else "passed")
         if failed:
             (out_dir / MODEL_FILE).unlink()
-            raise GateError("quality gate(s) failed, nothing will be promoted:\n" + "\n".join(f"  - {g.describe()}" for g in failed))
+            raise GateError(
+                "quality gate(s) failed, nothing will be promoted:\n" + "\n".join(f"  - {g.describe()}" for g in failed)
+            )
 
     int8, fp32 = report.results["int8"], report.results["fp32"]
     verified = VerifiedModel(
