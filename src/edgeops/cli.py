@@ -18,7 +18,9 @@ from edgeops.errors import EdgeopsError
 from edgeops.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-pipeline_app = typer.Typer(no_args_is_help=True, help="Compile the KFP pipeline or run it with the local runner.")
+pipeline_app = typer.Typer(
+    no_args_is_help=True, help="Run the compiled KFP pipeline (`make compile` writes it) with the local runner."
+)
 app.add_typer(pipeline_app, name="pipeline")
 console = Console(soft_wrap=True)
 
@@ -153,14 +155,10 @@ def pipeline_run(
     model_name: Annotated[str | None, typer.Option()] = None,
 ) -> None:
     """Run the compiled pipeline with KFP's local runner and print each stage's wall time."""
-    from edgeops.pipeline import run_local
+    from edgeops.pipeline import pipeline_arguments, run_local
 
     settings = Settings()
-    arguments = {
-        "session_manifest": str((manifest or settings.session_manifest).resolve()),
-        "model_name": model_name or settings.model_name,
-    }
-    result = run_local(settings, arguments, settings.out_dir / "kfp")
+    result = run_local(settings, pipeline_arguments(settings, manifest, model_name), settings.out_dir / "kfp")
     _print_stage_times(result.stage_seconds, result.seconds)
 
 

@@ -14,7 +14,7 @@ import torch
 from edgeops import stack, tracking
 from edgeops.errors import VerificationError
 from edgeops.ingest import read_manifest, read_recording, windows
-from edgeops.pipeline import run_local
+from edgeops.pipeline import pipeline_arguments, run_local
 from edgeops.promote import manifest_key
 from edgeops.runtime import Program
 from edgeops.settings import Settings
@@ -57,8 +57,7 @@ def device_check(settings: Settings, model_name: str, manifest_path: Path) -> di
 
 def run_demo(settings: Settings, manifest_path: Path, model_name: str) -> dict[str, Any]:
     stack.start(settings)
-    arguments = {"session_manifest": str(manifest_path.resolve()), "model_name": model_name}
-    pipeline = run_local(settings, arguments, settings.out_dir / "kfp")
+    pipeline = run_local(settings, pipeline_arguments(settings, manifest_path, model_name), settings.out_dir / "kfp")
     device = device_check(settings, model_name, manifest_path)
     manifest = device["manifest"]
     run = tracking.client(settings).get_run(manifest["source_run_id"])

@@ -145,8 +145,7 @@ def read_recording(path: Path, label: str, config: DatasetConfig) -> Recording:
             elif not config.min_pa <= value <= config.max_pa:
                 hint = " (looks like kPa; the mat reports Pa)" if config.min_pa <= value * 1000 <= config.max_pa else ""
                 problems.append(
-                    f"{where}: {value:g} Pa is outside the plausible range "
-                    f"{config.min_pa:g} to {config.max_pa:g} Pa{hint}"
+                    f"{where}: {cell} Pa is outside the plausible range {config.min_pa:g} to {config.max_pa:g} Pa{hint}"
                 )
             pressures[row_number - 2, channel] = value
     if problems:
@@ -236,9 +235,21 @@ def ingest(manifest: Path, out_dir: Path, settings: Settings) -> DatasetInfo:
         sources=sources,
         windows={split: len(splits[split][1]) for split in SPLITS},
     )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(
+        out_dir / DATA_FILE,
+        train_x=splits["train"][0],
+        train_y=splits["train"][1],
+        val_x=splits["val"][0],
+        val_y=splits["val"][1],
+        test_x=splits["test"][0],
+        test_y=splits["test"][1],
+    )
+    prefix = f"datasets/{version}"
+    s3.upload_file(str(out_dir / DATA_FILE), settings.raw_bucket, f"{prefix}/{DATA_FILE}")
     s3.put_object(
         Bucket=settings.raw_bucket,
-        Key=f"datasets/{version}/dataset.json",
+        Key=f"{prefix}/{INFO_FILE}",
         Body=info.model_dump_json(indent=2).encode(),
         ContentType="application/json",
     )
@@ -253,22 +264,12 @@ def ingest(manifest: Path, out_dir: Path, settings: Settings) -> DatasetInfo:
         for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
             x, y = splits[split]
             dataset = mlflow.data.from_numpy(
-                x, targets=y, source=f"s3://{settings.raw_bucket}/datasets/{version}/", name=f"{version}-{split}"
+                x, targets=y, source=f"s3://{settings.raw_bucket}/{prefix}/{DATA_FILE}", name=f"{version}-{split}"
             )
             mlflow.log_input(dataset, context=context)
         mlflow.log_metrics({f"dataset_{split}_windows": count for split, count in info.windows.items()})
         info.run_id = run.info.run_id
         mlflow.log_dict(info.model_dump(mode="json"), "dataset/dataset.json")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(
-        out_dir / DATA_FILE,
-        train_x=splits["train"][0],
-        train_y=splits["train"][1],
-        val_x=splits["val"][0],
-        val_y=splits["val"][1],
-        test_x=splits["test"][0],
-        test_y=splits["test"][1],
-    )
     (out_dir / INFO_FILE).write_text(info.model_dump_json(indent=2))
     return info

@@ -13,6 +13,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -59,6 +60,41 @@ class _TaskClock:
         return getattr(self.stream, name)
 
 
+@contextlib.contextmanager
+def task_environment(settings: Settings) -> Iterator[None]:
+    """Tasks inherit this process's environment, as pods get theirs from Secrets on a cluster."""
+    access_key, secret_key = settings.credentials
+    task_env = {
+        "EDGEOPS_S3_ACCESS_KEY": access_key,
+        "EDGEOPS_S3_SECRET_KEY": secret_key,
+        "EDGEOPS_S3_ENDPOINT": settings.s3_url,
+        "EDGEOPS_MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "EDGEOPS_STATE_DIR": str(settings.state_dir.resolve()),
+        "PYTHONWARNINGS": "ignore::FutureWarning",
+    }
+    saved = {name: os.environ.get(name) for name in task_env}
+    os.environ.update(task_env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def pipeline_arguments(
+    settings: Settings, manifest: Path | None = None, model_name: str | None = None
+) -> dict[str, Any]:
+    """Pipeline parameters from settings, so EDGEOPS_* overrides reach the compiled pipeline too."""
+    return {
+        "session_manifest": str((manifest or settings.session_manifest).resolve()),
+        "model_name": model_name or settings.model_name,
+        **settings.gates.model_dump(),
+    }
+
+
 def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path) -> PipelineRun:
     """Run `settings.pipeline_package` end to end; raise naming the failed task if one fails."""
     from kfp import components, local
@@ -66,25 +102,13 @@ def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path
     package = settings.pipeline_package
     if not package.is_file():
         raise EdgeopsError(f"compiled pipeline {package} not found; run `make compile`")
-    # Tasks inherit this environment, as pods get theirs from Secrets on a cluster.
-    access_key, secret_key = settings.credentials
-    os.environ.update(
-        {
-            "EDGEOPS_S3_ACCESS_KEY": access_key,
-            "EDGEOPS_S3_SECRET_KEY": secret_key,
-            "EDGEOPS_S3_ENDPOINT": settings.s3_url,
-            "EDGEOPS_MLFLOW_TRACKING_URI": settings.tracking_uri,
-            "EDGEOPS_STATE_DIR": str(settings.state_dir.resolve()),
-            "PYTHONWARNINGS": "ignore::FutureWarning",
-        }
-    )
     pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root.resolve()))
     pipeline = components.load_component_from_file(str(package))
     clock = _TaskClock(sys.stdout)
     started = time.perf_counter()
     try:
-        with contextlib.redirect_stdout(clock), warnings.catch_warnings():
+        with task_environment(settings), contextlib.redirect_stdout(clock), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             task = pipeline(**arguments)
     except RuntimeError as error:

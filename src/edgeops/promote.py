@@ -119,8 +119,14 @@ def promote(verified_dir: Path, out_dir: Path, settings: Settings, model_name: s
             raise PromotionError(f"s3://{bucket}/{key} exists with {existing} bytes, expected {verified.size_bytes}")
 
     client = tracking.client(settings)
-    version, previous_alias = _register(settings, model_name, verified)
-    client.set_registered_model_alias(model_name, settings.registry_alias, str(version))
+    try:
+        version, previous_alias = _register(settings, model_name, verified)
+        client.set_registered_model_alias(model_name, settings.registry_alias, str(version))
+    except Exception as error:  # MLflow raises several types; all mean the same here
+        raise PromotionError(
+            f"registering {model_name} in MLflow at {settings.tracking_uri} failed ({type(error).__name__}: {error}); "
+            "the OTA manifest was not touched, the previous release stays live"
+        ) from None
     manifest = build_manifest(verified, model_name, version, key)
     body = json.dumps(manifest, indent=2).encode()
     try:

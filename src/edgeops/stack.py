@@ -18,7 +18,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -376,12 +375,13 @@ class ServiceState:
 
 
 def status(settings: Settings) -> list[ServiceState]:
-    services: list[Callable[[Settings], Service]] = [s3_service, mlflow_service]
+    """Read-only: does each service have a live pid, and does it answer."""
+    services = (
+        (s3_backend(), settings.s3_url, f"{settings.s3_url}/"),
+        ("mlflow", settings.tracking_uri, f"{settings.tracking_uri}/health"),
+    )
     states = []
-    for make in services:
-        service = make(settings)
-        pid = _running_pid(settings, service.name)
-        healthy = pid is not None and _http_status(service.health_url) in service.healthy_statuses
-        url = settings.s3_url if make is s3_service else settings.tracking_uri
-        states.append(ServiceState(service.name, pid, url, healthy))
+    for name, url, probe in services:
+        pid = _running_pid(settings, name)
+        states.append(ServiceState(name, pid, url, pid is not None and _http_status(probe) is not None))
     return states

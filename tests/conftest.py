@@ -1,0 +1,75 @@
+"""Shared fixtures. The stack fixture starts real SeaweedFS and MLflow servers on free
+loopback ports with a throwaway state dir, and stops them at the end of the session."""
+
+from __future__ import annotations
+
+import random
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeops import stack
+from edgeops.settings import Settings
+
+REPO = Path(__file__).resolve().parents[1]
+MAT_DATA = REPO / "data" / "seroton-mat"
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports p with p and p + 10000 free (SeaweedFS puts gRPC at +10000)."""
+    chosen: list[int] = []
+    while len(chosen) < count:
+        port = random.randint(20000, 29999)
+        if port not in chosen and _free(port) and _free(port + 10000):
+            chosen.append(port)
+    return chosen
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    """A running local stack; its settings are also in the environment, for KFP tasks."""
+    root = tmp_path_factory.mktemp("stack")
+    s3, mlflow, master, volume, filer, console = free_ports(6)
+    env = {
+        "EDGEOPS_STATE_DIR": str(root / "state"),
+        "EDGEOPS_OUT_DIR": str(root / "out"),
+        "EDGEOPS_S3_PORT": str(s3),
+        "EDGEOPS_MLFLOW_PORT": str(mlflow),
+        "EDGEOPS_SEAWEED_MASTER_PORT": str(master),
+        "EDGEOPS_SEAWEED_VOLUME_PORT": str(volume),
+        "EDGEOPS_SEAWEED_FILER_PORT": str(filer),
+        "EDGEOPS_MINIO_CONSOLE_PORT": str(console),
+        "EDGEOPS_STOP_TIMEOUT_S": "5",  # throwaway data: no need to wait for a graceful exit
+        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+        "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    }
+    patch = pytest.MonkeyPatch()
+    for name, value in env.items():
+        patch.setenv(name, value)
+    settings = Settings()
+    try:
+        stack.start(settings)
+        yield settings
+    finally:
+        stack.stop(settings)
+        patch.undo()
+
+
+@pytest.fixture
+def mat_session(tmp_path: Path) -> Path:
+    """A private copy of the real recordings and their session manifest."""
+    target = tmp_path / "session"
+    shutil.copytree(MAT_DATA, target)
+    return target / "session.json"

@@ -1,0 +1,43 @@
+"""The network's own normalisation: raw Pa in, training-split statistics inside, weather-proof."""
+
+from __future__ import annotations
+
+import torch
+
+from edgeops.model import MatOccupancyNet, ModelSpec
+
+SPEC = ModelSpec(labels=["empty_or_cat", "occupied"], window=8, channels=4, hidden=16)
+
+
+def pressures(n: int = 64) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    return 98_000 + 500 * torch.rand(n, SPEC.window, SPEC.channels, generator=generator)
+
+
+def test_statistics_come_from_the_data_they_are_fitted_on() -> None:
+    model = MatOccupancyNet(SPEC)
+    x = pressures()
+    model.features.fit(x)
+    features = model.features(x).reshape(-1, 2 * SPEC.channels)
+    torch.testing.assert_close(features.mean(dim=0), torch.zeros(2 * SPEC.channels), atol=1e-4, rtol=0)
+    torch.testing.assert_close(features.std(dim=0), torch.ones(2 * SPEC.channels), atol=1e-3, rtol=0)
+    assert {"features.mean", "features.std"} <= set(model.state_dict())  # exported with the weights
+
+
+def test_common_pressure_offset_does_not_change_the_output() -> None:
+    model = MatOccupancyNet(SPEC).eval()
+    x = pressures()
+    model.features.fit(x)
+    with torch.inference_mode():
+        for offset in (-1500.0, 800.0):
+            torch.testing.assert_close(model(x + offset), model(x), atol=1e-3, rtol=1e-3)
+
+
+def test_a_chamber_difference_does_change_the_output() -> None:
+    model = MatOccupancyNet(SPEC).eval()
+    x = pressures()
+    model.features.fit(x)
+    shifted = x.clone()
+    shifted[:, :, 0] += 800.0
+    with torch.inference_mode():
+        assert not torch.allclose(model(shifted), model(x), atol=1e-3)
