@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ CONFIG = DatasetConfig()
 OCCUPIED = MAT_DATA / "occupied.csv"
 
 
-def broken_copy(tmp_path: Path, edit: callable) -> Path:  # type: ignore[valid-type]
+def broken_copy(tmp_path: Path, edit: Callable[[list[str]], list[str]]) -> Path:
     lines = OCCUPIED.read_text().splitlines()
     path = tmp_path / "broken.csv"
     path.write_text("\n".join(edit(lines)) + "\n")
@@ -45,7 +46,7 @@ def test_real_recordings_parse() -> None:
     recording = read_recording(OCCUPIED, "occupied", CONFIG)
     assert recording.pressures.shape == (382, 4)
     assert recording.source.sha256 == "6588df211d7159a6e15d13006f8d1da8028d55c3a80bd41918c56a8b307777a0"
-    assert 98_000 < recording.pressures.min() and recording.pressures.max() < 103_000
+    assert recording.pressures.min() > 98_000 and recording.pressures.max() < 103_000
 
 
 def test_missing_column(tmp_path: Path) -> None:
@@ -146,7 +147,10 @@ def test_cli_reports_bad_input_and_exits_nonzero(tmp_path: Path) -> None:
 def test_split_is_by_time_blocks_without_shared_frames() -> None:
     blocks = split_frames(382, CONFIG)
     assert blocks == {"train": (0, 268), "val": (268, 325), "test": (325, 382)}
-    recordings = [read_recording(MAT_DATA / f, label, CONFIG) for f, label in [("empty_or_cat.csv", "empty_or_cat"), ("occupied.csv", "occupied")]]
+    recordings = [
+        read_recording(MAT_DATA / f, label, CONFIG)
+        for f, label in [("empty_or_cat.csv", "empty_or_cat"), ("occupied.csv", "occupied")]
+    ]
     splits = build_splits(recordings, CONFIG)
     windows_per_block = {split: end - start - CONFIG.window + 1 for split, (start, end) in blocks.items()}
     for split, (x, y) in splits.items():

@@ -145,8 +145,10 @@ def test_verify_catches_an_artifact_tampered_in_the_store(chain: Chain, tmp_path
     with tracking.resume_run(chain.settings, chain.dataset.run_id):
         mlflow.log_artifact(str(tampered), "executorch")
     try:
-        with pytest.raises(VerificationError, match="executorch/model_int8.pte from MLflow has sha256"):
-            verify(chain.dirs["ingest"], chain.dirs["export"], chain.dirs["benchmark"], tmp_path / "out", chain.settings)
+        with pytest.raises(VerificationError, match=r"executorch/model_int8\.pte from MLflow has sha256"):
+            verify(
+                chain.dirs["ingest"], chain.dirs["export"], chain.dirs["benchmark"], tmp_path / "out", chain.settings
+            )
     finally:
         with tracking.resume_run(chain.settings, chain.dataset.run_id):
             mlflow.log_artifact(str(original), "executorch")

@@ -1,0 +1,107 @@
+"""The compiled pipeline, run by KFP's local runner against a real stack, checked where it lands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeops import tracking
+from edgeops.errors import EdgeopsError
+from edgeops.ingest import read_recording, windows
+from edgeops.pipeline import pipeline_arguments, run_local
+from edgeops.promote import Promotion
+from edgeops.runtime import Program
+from edgeops.settings import Settings
+from edgeops.storage import s3_client, sha256_bytes
+
+from .conftest import REPO
+
+STAGES = ["ingest", "train", "export", "benchmark", "verify", "promote"]
+MODEL = "mat-occupancy"
+
+
+def http_get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return bytes(response.read())
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise
+
+
+def test_committed_pipeline_yaml_is_current(tmp_path: Path) -> None:
+    committed = REPO / "pipelines" / "mat_occupancy.yaml"
+    script = (
+        "import sys; from kfp import compiler; from pipelines.mat_occupancy import mat_occupancy; "
+        "compiler.Compiler().compile(mat_occupancy, sys.argv[1])"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "p.yaml")], cwd=REPO, check=True, timeout=120)
+    assert (tmp_path / "p.yaml").read_text() == committed.read_text(), "run `make compile` and commit the YAML"
+
+
+def test_pipeline_end_to_end(stack_settings: Settings, mat_session: Path, tmp_path: Path) -> None:
+    settings = Settings()  # the stack fixture's environment, which the KFP tasks inherit too
+    run = run_local(settings, pipeline_arguments(settings, mat_session, MODEL), tmp_path / "kfp")
+    assert list(run.stage_status) == STAGES
+    assert set(run.stage_status.values()) == {"SUCCESS"}
+    assert run.promotion_dir is not None
+    promotion = Promotion.model_validate_json((run.promotion_dir / "promotion.json").read_text())
+
+    # A device's view: anonymous HTTP only.
+    manifest_bytes = http_get(settings.ota_url(f"{MODEL}/latest.json"))
+    assert manifest_bytes is not None
+    manifest = json.loads(manifest_bytes)
+    assert manifest["version"] == promotion.version
+    model = http_get(settings.ota_url(manifest["model_key"]))
+    assert model is not None and sha256_bytes(model) == manifest["sha256"] and len(model) == manifest["size"]
+    assert manifest["model_key"] == f"{MODEL}/models/{manifest['sha256']}.pte"
+    assert manifest["labels"] == ["empty_or_cat", "occupied"]
+    assert manifest["input"]["shape"] == [1, 8, 4] and manifest["input"]["units"] == "Pa"
+
+    # The raw recordings and the dataset landed in the raw bucket, content-addressed.
+    s3 = s3_client(settings)
+    raw_keys = {item["Key"] for item in s3.list_objects_v2(Bucket="raw")["Contents"]}
+    for file in ("occupied.csv", "empty_or_cat.csv"):
+        assert f"recordings/{sha256_bytes((mat_session.parent / file).read_bytes())}.csv" in raw_keys
+    assert f"datasets/{manifest['dataset_version']}/dataset.npz" in raw_keys
+
+    # MLflow holds the run, the figures, the hash and the registry alias.
+    client = tracking.client(settings)
+    mlflow_run = client.get_run(manifest["source_run_id"])
+    metrics = mlflow_run.data.metrics
+    assert metrics["int8_accuracy"] >= 0.98
+    assert metrics["fp32_accuracy"] - metrics["int8_accuracy"] <= 0.005
+    assert metrics["int8_accuracy"] == manifest["metrics"]["int8_accuracy"]
+    assert mlflow_run.data.tags["int8_sha256"] == manifest["sha256"]
+    assert mlflow_run.data.tags["promoted_version"] == str(manifest["version"])
+    alias = client.get_model_version_by_alias(MODEL, "production")
+    assert alias.version == str(manifest["version"]) and alias.run_id == mlflow_run.info.run_id
+    assert alias.tags["sha256"] == manifest["sha256"]
+
+    # The published model runs in the ExecuTorch runtime on raw frames of a real recording.
+    pte = tmp_path / "device.pte"
+    pte.write_bytes(model)
+    recording = read_recording(mat_session.parent / "occupied.csv", "occupied", settings.dataset)
+    frames = torch.from_numpy(windows(recording.pressures, 8, 8).astype(np.float32))
+    predictions = [int(Program(pte)(frames[i : i + 1]).argmax()) for i in range(len(frames))]
+    assert np.mean(np.array(predictions) == 1) >= 0.95
+
+
+def test_a_failed_gate_stops_the_pipeline_before_promotion(
+    stack_settings: Settings, mat_session: Path, tmp_path: Path
+) -> None:
+    settings = Settings()
+    manifest_before = http_get(settings.ota_url(f"{MODEL}/latest.json"))
+    arguments = pipeline_arguments(settings, mat_session, MODEL) | {"min_int8_accuracy": 1.5}
+    with pytest.raises(EdgeopsError, match="pipeline failed at task verify"):
+        run_local(settings, arguments, tmp_path / "kfp")
+    assert http_get(settings.ota_url(f"{MODEL}/latest.json")) == manifest_before
