@@ -6,7 +6,8 @@ SHELL := /bin/bash
 UV_VERSION ?= 0.13.9
 # Use a uv already on PATH; otherwise bootstrap a pinned one into .tools/.
 UV ?= $(shell command -v uv 2>/dev/null || echo .tools/bin/uv)
-export UV_COMPILE_BYTECODE := 1   # without .pyc every process recompiles torch and mlflow
+# Without .pyc files every process recompiles torch and mlflow (tens of seconds each).
+export UV_COMPILE_BYTECODE := 1
 RUN := $(UV) run --frozen --no-sync
 PYTHON_SOURCES := src components pipelines tests
 
