@@ -7,6 +7,7 @@ beside this file; the local runner and a Kubeflow cluster both run that YAML.
 from pathlib import Path
 
 from kfp import compiler, dsl
+from kfp.dsl import Artifact
 
 from components import stages
 from edgeops.settings import GateConfig, Settings
@@ -26,7 +27,7 @@ def mat_occupancy(
     max_int8_accuracy_drop: float = GATES.max_int8_accuracy_drop,
     max_int8_p95_ms: float = GATES.max_int8_p95_ms,
     max_int8_size_bytes: int = GATES.max_int8_size_bytes,
-) -> dsl.Artifact:  # type: ignore[valid-type]
+) -> Artifact:
     ingested = stages.ingest(session_manifest=session_manifest, model_name=model_name)
     trained = stages.train(dataset=ingested.outputs["dataset"])
     exported = stages.export(dataset=ingested.outputs["dataset"], model=trained.outputs["model"])

@@ -25,6 +25,7 @@ from edgeops.settings import Settings
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '([\w-]+)'")
 FINISHED = re.compile(r"Task '([\w-]+)' finished with status (\w+)")
+EXCEPTION = re.compile(r"^\s*(?:[\w.]+\.)?\w*(?:Error|Exception): ")
 
 
 class PipelineRun(BaseModel):
@@ -35,22 +36,32 @@ class PipelineRun(BaseModel):
 
 
 class _TaskClock:
-    """A stdout stand-in that passes text through and notes when tasks start and finish."""
+    """A stdout stand-in that passes text through, notes when tasks start and finish,
+    and keeps the exception a failed task ended with."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
         self.started: dict[str, float] = {}
         self.seconds: dict[str, float] = {}
         self.status: dict[str, str] = {}
+        self.error: dict[str, str] = {}
+        self._exception: list[str] = []
 
     def write(self, text: str) -> int:
-        plain = ANSI.sub("", text)
-        if match := STARTED.search(plain):
-            self.started[match[1]] = time.perf_counter()
-        for match in FINISHED.finditer(plain):
-            if match[1] in self.started:
-                self.seconds[match[1]] = time.perf_counter() - self.started[match[1]]
+        for line in ANSI.sub("", text).splitlines():
+            if match := STARTED.search(line):
+                self.started[match[1]] = time.perf_counter()
+                self._exception = []
+            elif match := FINISHED.search(line):
+                if match[1] in self.started:
+                    self.seconds[match[1]] = time.perf_counter() - self.started[match[1]]
                 self.status[match[1]] = match[2]
+                if self._exception:
+                    self.error[match[1]] = "\n".join(self._exception)
+            elif EXCEPTION.match(line):
+                self._exception = [line.strip()]
+            elif self._exception and line.strip():
+                self._exception.append(line.rstrip())
         return self.stream.write(text)
 
     def flush(self) -> None:
@@ -111,9 +122,10 @@ def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path
         with task_environment(settings), contextlib.redirect_stdout(clock), warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             task = pipeline(**arguments)
-    except RuntimeError as error:
-        failed = [name for name, status in clock.status.items() if status != "SUCCESS"]
-        raise EdgeopsError(f"pipeline failed at task {', '.join(failed) or '?'}: {error}") from None
+    except RuntimeError:
+        failed = next((name for name, status in clock.status.items() if status != "SUCCESS"), "?")
+        cause = clock.error.get(failed, "see the task's log above")
+        raise EdgeopsError(f"pipeline failed at task {failed}:\n{cause}") from None
     promotion = task.outputs if not isinstance(task.outputs, dict) else next(iter(task.outputs.values()), None)
     return PipelineRun(
         seconds=time.perf_counter() - started,
