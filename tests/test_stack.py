@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import socket
+import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import pytest
 
@@ -53,14 +55,28 @@ def test_start_is_idempotent(stack_settings: Settings) -> None:
     assert all(state.healthy for state in stack.status(stack_settings))
 
 
-def test_port_taken_is_a_clear_error(tmp_path: object) -> None:
+def test_port_taken_is_a_clear_error(tmp_path: Path) -> None:
     (port,) = free_ports(1)
     with socket.socket() as squatter:
         squatter.bind(("127.0.0.1", port))
         squatter.listen()
-        settings = Settings(state_dir=tmp_path, s3_port=port)  # type: ignore[arg-type]
+        settings = Settings(state_dir=tmp_path, s3_port=port)
         with pytest.raises(stack.StackError) as error:
             stack.start(settings)
     assert str(error.value).startswith(f"port {port} on 127.0.0.1 is already in use (seaweedfs needs it for s3_port)")
     assert "EDGEOPS_S3_PORT" in str(error.value)
     assert stack.status(settings)[0].pid is None  # nothing was started
+
+
+def test_stop_never_kills_a_process_that_reused_a_stale_pid(tmp_path: Path) -> None:
+    stranger = subprocess.Popen(["sleep", "60"], start_new_session=True)
+    try:
+        settings = Settings(state_dir=tmp_path)
+        (tmp_path / "run").mkdir()
+        (tmp_path / "run" / "mlflow.pid").write_text(str(stranger.pid))
+        stack.stop(settings)
+        assert stranger.poll() is None  # still alive
+        assert not (tmp_path / "run" / "mlflow.pid").exists()
+    finally:
+        stranger.kill()
+        stranger.wait()

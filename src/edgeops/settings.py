@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     # Endpoints; empty means "the local stack". A cluster sets both.
     s3_endpoint: str = ""
     mlflow_tracking_uri: str = ""
+    s3_region: str = "us-east-1"
     s3_access_key: SecretStr | None = None
     s3_secret_key: SecretStr | None = None
 

@@ -175,7 +175,7 @@ def mlflow_service(settings: Settings) -> Service:
             "MLFLOW_S3_ENDPOINT_URL": settings.s3_url,
             "AWS_ACCESS_KEY_ID": access_key,
             "AWS_SECRET_ACCESS_KEY": secret_key,
-            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_DEFAULT_REGION": settings.s3_region,
         },
     )
 
@@ -194,11 +194,13 @@ def _running_pid(settings: Settings, name: str) -> int | None:
     if not pid_file.exists():
         return None
     pid = int(pid_file.read_text().strip() or 0)
+    program = {"seaweedfs": "weed"}.get(name, name)  # a reused pid belongs to someone else
     try:
         alive = pid > 0 and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+        ours = program in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
-        alive = False
-    if not alive:
+        alive = ours = False
+    if not (alive and ours):
         _reap(pid)
         pid_file.unlink(missing_ok=True)
         return None

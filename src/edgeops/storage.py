@@ -23,7 +23,7 @@ def s3_client(settings: Settings) -> S3Client:
         endpoint_url=settings.s3_url,
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
-        region_name="us-east-1",
+        region_name=settings.s3_region,
         config=Config(
             s3={"addressing_style": "path"},
             retries={"max_attempts": 3, "mode": "standard"},
