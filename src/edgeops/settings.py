@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     seaweed_filer_port: int = 9350
     minio_console_port: int = 9001
     mlflow_workers: int = 1
+    # Empty means sqlite under the state dir; a cluster or the MySQL test sets mysql+pymysql://…
+    mlflow_backend_store_uri: SecretStr | None = None
     startup_timeout_s: float = 180.0
     stop_timeout_s: float = 45.0
 

@@ -149,6 +149,8 @@ def mlflow_service(settings: Settings) -> Service:
     access_key, secret_key = ensure_credentials(settings)
     db = state_path(settings, "mlflow", "mlflow.db")
     db.parent.mkdir(parents=True, exist_ok=True)
+    backend = settings.mlflow_backend_store_uri
+    backend_uri = backend.get_secret_value() if backend else f"sqlite:///{db}"
     host, port = settings.host, settings.mlflow_port
     return Service(
         name="mlflow",
@@ -162,7 +164,7 @@ def mlflow_service(settings: Settings) -> Service:
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{db}",
+            backend_uri,
             "--artifacts-destination",
             f"s3://{settings.staging_bucket}/",
             "--workers",
