@@ -1,33 +1,50 @@
 """The mat-occupancy pipeline: ingest -> train -> export -> benchmark -> verify -> promote.
 
-`make compile` (`python -m pipelines.mat_occupancy`) writes `mat_occupancy.yaml`
-beside this file; the local runner and a Kubeflow cluster both run that YAML.
+Two flavours compile from one definition (`make compile`):
+- `mat_occupancy.yaml` for KFP's local runner: tasks take settings from the environment;
+- `mat_occupancy_cluster.yaml` for a Kubeflow cluster: kfp-kubernetes mounts the S3 Secret
+  and the settings ConfigMap into every task, and every task has CPU/memory requests and limits.
 """
 
 from pathlib import Path
 
-from kfp import compiler, dsl
-from kfp.dsl import Artifact
+from kfp import compiler, dsl, kubernetes
+from kfp.dsl import Artifact, PipelineTask
 
 from components import stages
 from edgeops.settings import GateConfig, Settings
 
 DEFAULTS = Settings()
 GATES = GateConfig()
+HERE = Path(__file__).parent
+
+# Settings each cluster task reads from the ConfigMap (key -> environment variable).
+SETTINGS_KEYS = ["EDGEOPS_S3_ENDPOINT", "EDGEOPS_MLFLOW_TRACKING_URI", "EDGEOPS_RAW_BUCKET", "EDGEOPS_OTA_BUCKET"]
 
 
-@dsl.pipeline(
-    name="mat-occupancy",
-    description="Haptic-mat recordings to a verified INT8 ExecuTorch model in the OTA bucket.",
-)
-def mat_occupancy(
-    session_manifest: str = str(DEFAULTS.session_manifest),
-    model_name: str = DEFAULTS.model_name,
-    min_int8_accuracy: float = GATES.min_int8_accuracy,
-    max_int8_accuracy_drop: float = GATES.max_int8_accuracy_drop,
-    max_int8_p95_ms: float = GATES.max_int8_p95_ms,
-    max_int8_size_bytes: int = GATES.max_int8_size_bytes,
-) -> Artifact:
+def for_cluster(task: PipelineTask) -> None:
+    cluster = DEFAULTS.cluster
+    kubernetes.use_secret_as_env(
+        task,
+        secret_name=cluster.s3_secret,
+        secret_key_to_env={"access_key": "EDGEOPS_S3_ACCESS_KEY", "secret_key": "EDGEOPS_S3_SECRET_KEY"},
+    )
+    kubernetes.use_config_map_as_env(
+        task, config_map_name=cluster.settings_config_map, config_map_key_to_env={key: key for key in SETTINGS_KEYS}
+    )
+    task.set_cpu_request(cluster.task_cpu_request).set_cpu_limit(cluster.task_cpu_limit)
+    task.set_memory_request(cluster.task_memory_request).set_memory_limit(cluster.task_memory_limit)
+
+
+def build(
+    session_manifest: str,
+    model_name: str,
+    min_int8_accuracy: float,
+    max_int8_accuracy_drop: float,
+    max_int8_p95_ms: float,
+    max_int8_size_bytes: int,
+    cluster: bool,
+):
     ingested = stages.ingest(session_manifest=session_manifest, model_name=model_name)
     trained = stages.train(dataset=ingested.outputs["dataset"])
     exported = stages.export(dataset=ingested.outputs["dataset"], model=trained.outputs["model"])
@@ -48,11 +65,61 @@ def mat_occupancy(
     promoted = stages.promote(verified=verified.outputs["verified"], model_name=model_name)
     for task in (ingested, trained, exported, measured, verified, promoted):
         task.set_caching_options(False)  # every stage talks to MLflow and S3: never replay a cached result
+        if cluster:
+            for_cluster(task)
     return promoted.outputs["promotion"]
 
 
-PACKAGE = Path(__file__).with_suffix(".yaml")
+@dsl.pipeline(name="mat-occupancy", description="Mat recordings to a verified INT8 ExecuTorch model in the OTA bucket.")
+def mat_occupancy(
+    session_manifest: str = str(DEFAULTS.session_manifest),
+    model_name: str = DEFAULTS.model_name,
+    min_int8_accuracy: float = GATES.min_int8_accuracy,
+    max_int8_accuracy_drop: float = GATES.max_int8_accuracy_drop,
+    max_int8_p95_ms: float = GATES.max_int8_p95_ms,
+    max_int8_size_bytes: int = GATES.max_int8_size_bytes,
+) -> Artifact:
+    return build(
+        session_manifest,
+        model_name,
+        min_int8_accuracy,
+        max_int8_accuracy_drop,
+        max_int8_p95_ms,
+        max_int8_size_bytes,
+        cluster=False,
+    )
+
+
+@dsl.pipeline(
+    name="mat-occupancy-cluster",
+    description="The same pipeline on a Kubeflow cluster, wired to the edgeops Helm release.",
+)
+def mat_occupancy_cluster(
+    session_manifest: str = str(DEFAULTS.session_manifest),
+    model_name: str = DEFAULTS.model_name,
+    min_int8_accuracy: float = GATES.min_int8_accuracy,
+    max_int8_accuracy_drop: float = GATES.max_int8_accuracy_drop,
+    max_int8_p95_ms: float = GATES.max_int8_p95_ms,
+    max_int8_size_bytes: int = GATES.max_int8_size_bytes,
+) -> Artifact:
+    return build(
+        session_manifest,
+        model_name,
+        min_int8_accuracy,
+        max_int8_accuracy_drop,
+        max_int8_p95_ms,
+        max_int8_size_bytes,
+        cluster=True,
+    )
+
+
+def compile_all(directory: Path = HERE) -> list[Path]:
+    packages = [directory / "mat_occupancy.yaml", directory / "mat_occupancy_cluster.yaml"]
+    for pipeline, package in zip((mat_occupancy, mat_occupancy_cluster), packages, strict=True):
+        compiler.Compiler().compile(pipeline, str(package))
+    return packages
+
 
 if __name__ == "__main__":
-    compiler.Compiler().compile(mat_occupancy, str(PACKAGE))
-    print(f"wrote {PACKAGE}")
+    for package in compile_all():
+        print(f"wrote {package}")

@@ -219,3 +219,23 @@ def _print_stage_times(stage_seconds: dict[str, float], total: float) -> None:
         table.add_row(stage, f"{seconds:.1f}")
     table.add_row("[bold]whole pipeline[/]", f"[bold]{total:.1f}[/]")
     console.print(table)
+
+
+@pipeline_app.command("submit")
+def pipeline_submit(
+    package: Annotated[Path, typer.Option(help="compiled cluster pipeline")] = Path(
+        "pipelines/mat_occupancy_cluster.yaml"
+    ),
+    model_name: Annotated[str | None, typer.Option()] = None,
+) -> None:
+    """Upload the cluster pipeline to Kubeflow Pipelines, start a run and print its URL."""
+    from edgeops.cluster import submit
+
+    settings = Settings()
+    # Inside the component image the recordings sit at the default relative path.
+    arguments = {
+        "session_manifest": str(settings.session_manifest),
+        "model_name": model_name or settings.model_name,
+        **settings.gates.model_dump(),
+    }
+    console.print(f"run started: {submit(settings, package, arguments)}")

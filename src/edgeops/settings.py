@@ -55,6 +55,24 @@ class GateConfig(BaseModel):
     max_int8_size_bytes: int = 1_000_000
 
 
+class ClusterConfig(BaseModel):
+    """How pipeline tasks are wired on a Kubeflow cluster (see manifests/ and helm/)."""
+
+    kfp_host: str = "http://127.0.0.1:8080"  # `kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`
+    kfp_namespace: str = "kubeflow"
+    kind_cluster: str = "edgeops"
+    helm_release: str = "edgeops"
+    helm_namespace: str = "edgeops"
+    # Created in kfp_namespace by `make deploy`: S3 keys copied from the chart's MinIO Secret,
+    # and the endpoints of the chart's services.
+    s3_secret: str = "edgeops-s3"
+    settings_config_map: str = "edgeops-settings"
+    task_cpu_request: str = "500m"
+    task_cpu_limit: str = "2"
+    task_memory_request: str = "2Gi"
+    task_memory_limit: str = "6Gi"
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEOPS_", env_nested_delimiter="__", extra="ignore")
 
@@ -98,6 +116,7 @@ class Settings(BaseSettings):
     train: TrainConfig = TrainConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     gates: GateConfig = GateConfig()
+    cluster: ClusterConfig = ClusterConfig()
 
     @property
     def s3_url(self) -> str:
