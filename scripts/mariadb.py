@@ -79,8 +79,7 @@ def install() -> int:
         result = subprocess.run(command, env=env, check=False)
         if result.returncode != 0:
             print(
-                f"error: `{' '.join(command)}` failed with exit code {result.returncode}; "
-                f"{PACKAGE} is not installed",
+                f"error: `{' '.join(command)}` failed with exit code {result.returncode}; {PACKAGE} is not installed",
                 file=sys.stderr,
             )
             return result.returncode or 1
@@ -136,7 +135,10 @@ def _as_root() -> list[str]:
 def _initialise(datadir: Path, log: Path) -> None:
     install_db = find(INSTALL_DB_NAMES)
     if not install_db:
-        raise MariaDBError(f"{' / '.join(INSTALL_DB_NAMES)} not found; run `python3 scripts/mariadb.py install`")
+        raise MariaDBError(
+            f"{' / '.join(INSTALL_DB_NAMES)} not found: this helper needs MariaDB's tools (Oracle MySQL 8 alone is "
+            f"not supported); install {PACKAGE} (`python3 scripts/mariadb.py install` when no mysqld is present)"
+        )
     datadir.mkdir(parents=True, exist_ok=True)
     command = [
         install_db,

@@ -163,8 +163,6 @@ def mlflow_service(settings: Settings) -> Service:
             host,
             "--port",
             str(port),
-            "--backend-store-uri",
-            backend_uri,
             "--artifacts-destination",
             f"s3://{settings.staging_bucket}/",
             "--workers",
@@ -174,6 +172,7 @@ def mlflow_service(settings: Settings) -> Service:
         health_url=f"http://{host}:{port}/health",
         # Only the server holds S3 credentials; clients go through its artifact proxy.
         env={
+            "MLFLOW_BACKEND_STORE_URI": backend_uri,  # in the environment, not argv: it may hold a password
             "MLFLOW_S3_ENDPOINT_URL": settings.s3_url,
             "AWS_ACCESS_KEY_ID": access_key,
             "AWS_SECRET_ACCESS_KEY": secret_key,

@@ -1,0 +1,169 @@
+"""MLflow on a real MariaDB backend store: the pipeline's own stage code, read back through MLflow and SQL.
+
+A throwaway MariaDB server (`scripts/mariadb.py`) and a separate stack (SeaweedFS + MLflow
+with `--backend-store-uri mysql+pymysql://…`) run on free loopback ports for this module.
+Without MariaDB installed the module is skipped, except in CI (`CI` set), where it fails.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from pydantic import SecretStr
+
+from edgeops import stack, tracking
+from edgeops.benchmark import benchmark
+from edgeops.export import export
+from edgeops.ingest import DatasetInfo, ingest
+from edgeops.promote import Promotion, promote
+from edgeops.settings import BenchmarkConfig, GateConfig, Settings, TrainConfig
+from edgeops.train import train
+from edgeops.verify import VerifiedModel, verify
+from scripts import mariadb
+
+from .conftest import MAT_DATA, free_ports
+
+MODEL = "mat-occupancy-mysql"
+EXPERIMENT = "mysql-backend"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
+
+
+@dataclass
+class MySQLStack:
+    settings: Settings
+    server: mariadb.Server
+
+
+@pytest.fixture(scope="module")
+def mysql_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MySQLStack]:
+    """MariaDB on a free port, then SeaweedFS + MLflow using it; stopped in reverse order."""
+    if not mariadb.installed():
+        message = "MariaDB is not installed (no mariadbd/mysqld); run `make mysql-server`"
+        if _in_ci():
+            pytest.fail(f"{message} (CI is set, so this test must not be skipped)", pytrace=False)
+        pytest.skip(message)
+    root = tmp_path_factory.mktemp("mysql")
+    db_port, s3, mlflow, master, volume, filer, console = free_ports(7)
+    server = mariadb.start(root / "mariadb" / "data", db_port)
+    patch = pytest.MonkeyPatch()
+    settings: Settings | None = None
+    try:
+        for name, value in {
+            "EDGEOPS_STATE_DIR": str(root / "state"),
+            "EDGEOPS_OUT_DIR": str(root / "out"),
+            "EDGEOPS_S3_PORT": str(s3),
+            "EDGEOPS_MLFLOW_PORT": str(mlflow),
+            "EDGEOPS_SEAWEED_MASTER_PORT": str(master),
+            "EDGEOPS_SEAWEED_VOLUME_PORT": str(volume),
+            "EDGEOPS_SEAWEED_FILER_PORT": str(filer),
+            "EDGEOPS_MINIO_CONSOLE_PORT": str(console),
+            "EDGEOPS_STOP_TIMEOUT_S": "5",
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
+            "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+        }.items():
+            patch.setenv(name, value)
+        settings = Settings(mlflow_backend_store_uri=SecretStr(server.uri))
+        stack.start(settings)
+        yield MySQLStack(settings, server)
+    finally:
+        try:
+            if settings is not None:
+                stack.stop(settings)
+        finally:
+            patch.undo()
+            mariadb.stop(server)
+
+
+@dataclass
+class Promoted:
+    settings: Settings
+    server: mariadb.Server
+    dataset: DatasetInfo
+    verified: VerifiedModel
+    promotion: Promotion
+
+
+@pytest.fixture(scope="module")
+def promoted(mysql_stack: MySQLStack, tmp_path_factory: pytest.TempPathFactory) -> Promoted:
+    """ingest -> train -> export -> benchmark -> verify -> promote, all tracked in MariaDB."""
+    settings = mysql_stack.settings.model_copy(
+        update={
+            "model_name": MODEL,
+            "experiment": EXPERIMENT,
+            "train": TrainConfig(epochs=3),
+            "benchmark": BenchmarkConfig(latency_runs=200, warmup_runs=20),
+            "gates": GateConfig(min_int8_accuracy=0.0, max_int8_accuracy_drop=1.0),
+        }
+    )
+    root = tmp_path_factory.mktemp("mysql-chain")
+    manifest = root / "session" / "session.json"
+    shutil.copytree(MAT_DATA, manifest.parent)
+    dirs = {name: root / name for name in ("ingest", "train", "export", "benchmark", "verify", "promote")}
+    dataset = ingest(manifest, dirs["ingest"], settings)
+    train(dirs["ingest"], dirs["train"], settings)
+    export(dirs["ingest"], dirs["train"], dirs["export"], settings)
+    benchmark(dirs["ingest"], dirs["train"], dirs["export"], dirs["benchmark"], settings)
+    verified = verify(dirs["ingest"], dirs["export"], dirs["benchmark"], dirs["verify"], settings)
+    promotion = promote(dirs["verify"], dirs["promote"], settings)
+    return Promoted(settings, mysql_stack.server, dataset, verified, promotion)
+
+
+def test_the_mlflow_server_uses_the_mariadb_backend(mysql_stack: MySQLStack) -> None:
+    backend = mysql_stack.settings.mlflow_backend_store_uri
+    assert backend is not None and backend.get_secret_value().startswith("mysql+pymysql://")
+    assert not (mysql_stack.settings.state_dir / "mlflow" / "mlflow.db").exists()
+    with mysql_stack.server.connect() as connection, connection.cursor() as cursor:
+        cursor.execute("SHOW TABLES")
+        tables = {row[0] for row in cursor.fetchall()}
+    assert {"experiments", "runs", "metrics", "params", "tags", "model_versions", "registered_model_aliases"} <= tables
+
+
+def test_run_reads_back_through_mlflow(promoted: Promoted) -> None:
+    run = tracking.client(promoted.settings).get_run(promoted.dataset.run_id)
+    assert run.info.run_id == promoted.verified.run_id
+    assert run.data.params["dataset.window"] == "8"
+    assert 0.0 <= run.data.metrics["int8_accuracy"] <= 1.0
+    assert run.data.tags["int8_sha256"] == promoted.verified.sha256
+    assert run.data.tags["promoted_version"] == str(promoted.promotion.version)
+    assert len(tracking.client(promoted.settings).get_metric_history(run.info.run_id, "val_loss")) == 3
+
+
+def test_registry_alias_reads_back_through_mlflow(promoted: Promoted) -> None:
+    client = tracking.client(promoted.settings)
+    alias = client.get_model_version_by_alias(MODEL, "production")
+    assert alias.version == str(promoted.promotion.version)
+    assert alias.run_id == promoted.dataset.run_id
+    assert alias.tags["sha256"] == promoted.verified.sha256
+
+
+def test_run_and_alias_are_rows_in_mariadb(promoted: Promoted) -> None:
+    run_id = promoted.dataset.run_id
+    with promoted.server.connect() as connection, connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT r.status, e.name FROM runs r JOIN experiments e ON e.experiment_id = r.experiment_id "
+            "WHERE r.run_uuid = %s",
+            (run_id,),
+        )
+        assert cursor.fetchall() == (("FINISHED", EXPERIMENT),)
+        cursor.execute("SELECT value FROM params WHERE run_uuid = %s AND `key` = 'dataset.window'", (run_id,))
+        assert cursor.fetchall() == (("8",),)
+        cursor.execute("SELECT value FROM tags WHERE run_uuid = %s AND `key` = 'int8_sha256'", (run_id,))
+        assert cursor.fetchall() == ((promoted.verified.sha256,),)
+        cursor.execute("SELECT value FROM latest_metrics WHERE run_uuid = %s AND `key` = 'int8_accuracy'", (run_id,))
+        (accuracy,) = cursor.fetchone()
+        assert accuracy == pytest.approx(promoted.verified.metrics["int8_accuracy"])
+        cursor.execute(
+            "SELECT version FROM registered_model_aliases WHERE name = %s AND alias = 'production'", (MODEL,)
+        )
+        assert cursor.fetchall() == ((promoted.promotion.version,),)
+        cursor.execute(
+            "SELECT run_id FROM model_versions WHERE name = %s AND version = %s", (MODEL, promoted.promotion.version)
+        )
+        assert cursor.fetchall() == ((run_id,),)
