@@ -1,0 +1,232 @@
+{{/*
+Expand the name of the chart.
+*/}}
+{{- define "edgeops.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Create a default fully qualified app name.
+We truncate at 63 chars because some Kubernetes name fields are limited to this (by the DNS naming spec).
+If release name contains chart name it will be used as a full name.
+*/}}
+{{- define "edgeops.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Create chart name and version as used by the chart label.
+*/}}
+{{- define "edgeops.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Common labels
+*/}}
+{{- define "edgeops.labels" -}}
+helm.sh/chart: {{ include "edgeops.chart" . }}
+{{ include "edgeops.selectorLabels" . }}
+{{- if .Chart.AppVersion }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+{{- end }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: edgeops
+{{- end }}
+
+{{/*
+Selector labels
+*/}}
+{{- define "edgeops.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "edgeops.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{/*
+Labels of one component's objects. Call with (dict "ctx" $ "component" "minio").
+*/}}
+{{- define "edgeops.componentLabels" -}}
+{{ include "edgeops.labels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Selector labels of one component. Call with (dict "ctx" $ "component" "minio").
+Also the only labels on volumeClaimTemplates, which cannot change after creation.
+*/}}
+{{- define "edgeops.componentSelectorLabels" -}}
+{{ include "edgeops.selectorLabels" .ctx }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{/*
+Name of one component's objects: <fullname>-<component>, at most 52 characters,
+so that StatefulSet pods' controller-revision-hash labels and the "-headless"
+Services stay within 63.
+Call with (dict "ctx" $ "component" "minio").
+*/}}
+{{- define "edgeops.componentName" -}}
+{{- $prefix := include "edgeops.fullname" .ctx | trunc (int (sub 51 (len .component))) | trimSuffix "-" }}
+{{- printf "%s-%s" $prefix .component }}
+{{- end }}
+
+{{- define "edgeops.minio.fullname" -}}
+{{- include "edgeops.componentName" (dict "ctx" . "component" "minio") }}
+{{- end }}
+
+{{- define "edgeops.mysql.fullname" -}}
+{{- include "edgeops.componentName" (dict "ctx" . "component" "mysql") }}
+{{- end }}
+
+{{- define "edgeops.mlflow.fullname" -}}
+{{- include "edgeops.componentName" (dict "ctx" . "component" "mlflow") }}
+{{- end }}
+
+{{/*
+Create the name of the service account to use
+*/}}
+{{- define "edgeops.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "edgeops.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/*
+An image reference: repository:tag. Call with the component's image values.
+*/}}
+{{- define "edgeops.image" -}}
+{{- printf "%s:%s" .repository .tag }}
+{{- end }}
+
+{{/*
+Secret with the MinIO root credentials (keys root-user, root-password).
+*/}}
+{{- define "edgeops.minio.secretName" -}}
+{{- default (include "edgeops.minio.fullname" .) .Values.minio.auth.existingSecret }}
+{{- end }}
+
+{{/*
+Secret with the MySQL passwords (keys mysql-root-password, mysql-password).
+*/}}
+{{- define "edgeops.mysql.secretName" -}}
+{{- default (include "edgeops.mysql.fullname" .) .Values.mysql.auth.existingSecret }}
+{{- end }}
+
+{{/*
+In-cluster S3 endpoint of the chart's MinIO.
+*/}}
+{{- define "edgeops.minio.endpoint" -}}
+{{- printf "http://%s.%s.svc.%s:%d" (include "edgeops.minio.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.minio.service.apiPort) }}
+{{- end }}
+
+{{/*
+MLflow's backend store: host, port, database, user and the Secret/key of the password.
+Each resolves to the chart's MySQL unless set under mlflow.database.
+*/}}
+{{- define "edgeops.mlflow.dbHost" -}}
+{{- if .Values.mlflow.database.host }}
+{{- .Values.mlflow.database.host }}
+{{- else if .Values.mysql.enabled }}
+{{- printf "%s.%s.svc.%s" (include "edgeops.mysql.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- else }}
+{{- fail "mlflow.database.host is required when mysql.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{- define "edgeops.mlflow.dbPort" -}}
+{{- if .Values.mlflow.database.host }}
+{{- .Values.mlflow.database.port | int }}
+{{- else }}
+{{- .Values.mysql.service.port | int }}
+{{- end }}
+{{- end }}
+
+{{- define "edgeops.mlflow.dbSecretName" -}}
+{{- if .Values.mlflow.database.existingSecret }}
+{{- .Values.mlflow.database.existingSecret }}
+{{- else if .Values.mysql.enabled }}
+{{- include "edgeops.mysql.secretName" . }}
+{{- else }}
+{{- fail "mlflow.database.existingSecret is required when mysql.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{- define "edgeops.mlflow.s3Endpoint" -}}
+{{- if .Values.mlflow.s3.endpoint }}
+{{- .Values.mlflow.s3.endpoint }}
+{{- else if .Values.minio.enabled }}
+{{- include "edgeops.minio.endpoint" . }}
+{{- else }}
+{{- fail "mlflow.s3.endpoint is required when minio.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{- define "edgeops.mlflow.s3SecretName" -}}
+{{- if .Values.mlflow.s3.existingSecret }}
+{{- .Values.mlflow.s3.existingSecret }}
+{{- else if .Values.minio.enabled }}
+{{- include "edgeops.minio.secretName" . }}
+{{- else }}
+{{- fail "mlflow.s3.existingSecret is required when minio.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{/*
+Host headers MLflow accepts: its Service under every in-cluster name, any port,
+localhost for kubectl port-forward, and mlflow.allowedHosts.
+*/}}
+{{- define "edgeops.mlflow.allowedHosts" -}}
+{{- $svc := include "edgeops.mlflow.fullname" . }}
+{{- $ns := .Release.Namespace }}
+{{- $hosts := list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.%s" $svc $ns .Values.clusterDomain) "localhost" "127.0.0.1" }}
+{{- $all := list }}
+{{- range $hosts }}
+{{- $all = append $all . }}
+{{- $all = append $all (printf "%s:*" .) }}
+{{- end }}
+{{- join "," (concat $all .Values.mlflow.allowedHosts) }}
+{{- end }}
+
+{{/*
+Scheduling of one component: its own nodeSelector/tolerations/affinity, else the
+chart-wide ones. Call with (dict "ctx" $ "values" .Values.minio).
+*/}}
+{{- define "edgeops.scheduling" -}}
+{{- with (.values.nodeSelector | default .ctx.Values.nodeSelector) }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (.values.affinity | default .ctx.Values.affinity) }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with (.values.tolerations | default .ctx.Values.tolerations) }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod-level settings every pod shares.
+*/}}
+{{- define "edgeops.podCommon" -}}
+serviceAccountName: {{ include "edgeops.serviceAccountName" . }}
+automountServiceAccountToken: {{ .Values.serviceAccount.automount }}
+{{- /* No Service env vars: a Service named edgeops-mlflow would inject EDGEOPS_MLFLOW_PORT=tcp://…, which edgeops.settings reads. */}}
+enableServiceLinks: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
