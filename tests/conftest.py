@@ -7,7 +7,9 @@ import random
 import shutil
 import socket
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,10 +39,12 @@ def free_ports(count: int) -> list[int]:
     return chosen
 
 
-@pytest.fixture(scope="session")
-def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """A running local stack; its settings are also in the environment, for KFP tasks."""
-    root = tmp_path_factory.mktemp("stack")
+@contextmanager
+def throwaway_stack(root: Path, **overrides: Any) -> Iterator[Settings]:
+    """A running local stack on free loopback ports with its state under `root`, stopped on exit.
+
+    Its settings are also put in the environment, where KFP tasks pick them up.
+    """
     s3, mlflow, master, volume, filer, console = free_ports(6)
     env = {
         "EDGEOPS_STATE_DIR": str(root / "state"),
@@ -58,13 +62,19 @@ def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     patch = pytest.MonkeyPatch()
     for name, value in env.items():
         patch.setenv(name, value)
-    settings = Settings()
+    settings = Settings(**overrides)
     try:
         stack.start(settings)
         yield settings
     finally:
         stack.stop(settings)
         patch.undo()
+
+
+@pytest.fixture(scope="session")
+def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    with throwaway_stack(tmp_path_factory.mktemp("stack")) as settings:
+        yield settings
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import pytest
 from pydantic import SecretStr
 
-from edgeops import stack, tracking
+from edgeops import tracking
 from edgeops.benchmark import benchmark
 from edgeops.export import export
 from edgeops.ingest import DatasetInfo, ingest
@@ -25,7 +25,7 @@ from edgeops.train import train
 from edgeops.verify import VerifiedModel, verify
 from scripts import mariadb
 
-from .conftest import MAT_DATA, free_ports
+from .conftest import MAT_DATA, free_ports, throwaway_stack
 
 MODEL = "mat-occupancy-mysql"
 EXPERIMENT = "mysql-backend"
@@ -50,35 +50,13 @@ def mysql_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MySQLStack
             pytest.fail(f"{message} (CI is set, so this test must not be skipped)", pytrace=False)
         pytest.skip(message)
     root = tmp_path_factory.mktemp("mysql")
-    db_port, s3, mlflow, master, volume, filer, console = free_ports(7)
+    (db_port,) = free_ports(1)
     server = mariadb.start(root / "mariadb" / "data", db_port)
-    patch = pytest.MonkeyPatch()
-    settings: Settings | None = None
     try:
-        for name, value in {
-            "EDGEOPS_STATE_DIR": str(root / "state"),
-            "EDGEOPS_OUT_DIR": str(root / "out"),
-            "EDGEOPS_S3_PORT": str(s3),
-            "EDGEOPS_MLFLOW_PORT": str(mlflow),
-            "EDGEOPS_SEAWEED_MASTER_PORT": str(master),
-            "EDGEOPS_SEAWEED_VOLUME_PORT": str(volume),
-            "EDGEOPS_SEAWEED_FILER_PORT": str(filer),
-            "EDGEOPS_MINIO_CONSOLE_PORT": str(console),
-            "EDGEOPS_STOP_TIMEOUT_S": "5",
-            "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-            "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
-        }.items():
-            patch.setenv(name, value)
-        settings = Settings(mlflow_backend_store_uri=SecretStr(server.uri))
-        stack.start(settings)
-        yield MySQLStack(settings, server)
+        with throwaway_stack(root, mlflow_backend_store_uri=SecretStr(server.uri)) as settings:
+            yield MySQLStack(settings, server)
     finally:
-        try:
-            if settings is not None:
-                stack.stop(settings)
-        finally:
-            patch.undo()
-            mariadb.stop(server)
+        mariadb.stop(server)
 
 
 @dataclass
