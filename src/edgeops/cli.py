@@ -205,9 +205,7 @@ def demo(
         table.add_row(name, value)
     console.print(table)
     console.print(f"summary: {Settings().out_dir / 'demo' / 'summary.json'}")
-    console.print(
-        f"MLflow UI: {summary['mlflow_tracking_uri']}   OTA bucket: {summary['s3_endpoint']}/{summary['ota_bucket']}/"
-    )
+    console.print(f"MLflow UI: {summary['mlflow_tracking_uri']}   device manifest: {summary['manifest_url']}")
     console.print("the stack keeps running; stop it with [bold]make down[/]")
 
 
