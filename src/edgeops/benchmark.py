@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from edgeops import tracking
 from edgeops.export import ExportedModels
 from edgeops.ingest import load_splits
+from edgeops.records import StageRecord
 from edgeops.runtime import Program
 from edgeops.settings import Settings
 from edgeops.train import WEIGHTS_FILE, load_model
@@ -42,7 +43,8 @@ class RunnerResult(BaseModel):
     size_bytes: int
 
 
-class BenchmarkReport(BaseModel):
+class BenchmarkReport(StageRecord):
+    record_file = INFO_FILE
     run_id: str
     dataset_version: str
     labels: list[str]
@@ -53,10 +55,6 @@ class BenchmarkReport(BaseModel):
     @property
     def int8_accuracy_drop(self) -> float:
         return self.results["fp32"].accuracy - self.results["int8"].accuracy
-
-    @classmethod
-    def load(cls, directory: Path) -> BenchmarkReport:
-        return cls.model_validate_json((directory / INFO_FILE).read_text())
 
 
 def classification(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> dict[str, float | list[list[int]]]:
@@ -172,7 +170,7 @@ def benchmark(
     )
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / INFO_FILE).write_text(report.model_dump_json(indent=2))
+    report.save(out_dir)
     markdown = render_report(report, exported)
     (out_dir / REPORT_FILE).write_text(markdown)
 

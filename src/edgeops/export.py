@@ -15,6 +15,7 @@ from pydantic import BaseModel
 from edgeops import tracking
 from edgeops.ingest import load_splits
 from edgeops.model import ModelSpec
+from edgeops.records import StageRecord
 from edgeops.settings import Settings
 from edgeops.storage import sha256_file
 from edgeops.train import load_model
@@ -38,17 +39,14 @@ class Program(BaseModel):
         return self.delegated_ops / max(1, self.delegated_ops + self.non_delegated_ops)
 
 
-class ExportedModels(BaseModel):
+class ExportedModels(StageRecord):
+    record_file = INFO_FILE
     spec: ModelSpec
     dataset_version: str
     run_id: str
     fp32: Program
     int8: Program
     calibration_windows: int
-
-    @classmethod
-    def load(cls, directory: Path) -> ExportedModels:
-        return cls.model_validate_json((directory / INFO_FILE).read_text())
 
 
 def lower(exported: torch.export.ExportedProgram, path: Path, artifact_path: str) -> Program:
@@ -123,5 +121,5 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
             }
         )
         mlflow.log_dict(result.model_dump(mode="json"), f"{ARTIFACT_DIR}/export.json")
-    (out_dir / INFO_FILE).write_text(result.model_dump_json(indent=2))
+    result.save(out_dir)
     return result

@@ -18,6 +18,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from edgeops.errors import InputError
+from edgeops.records import StageRecord
 from edgeops.settings import DatasetConfig, Settings
 from edgeops.storage import put_if_absent, s3_client, sha256_bytes
 
@@ -39,7 +40,8 @@ class Recording(BaseModel, arbitrary_types_allowed=True):
     pressures: np.ndarray  # [frames, channels], Pa
 
 
-class DatasetInfo(BaseModel):
+class DatasetInfo(StageRecord):
+    record_file = INFO_FILE
     version: str
     labels: list[str]
     channels: list[str]
@@ -52,10 +54,6 @@ class DatasetInfo(BaseModel):
     @property
     def input_shape(self) -> list[int]:
         return [1, self.window, len(self.channels)]
-
-    @classmethod
-    def load(cls, directory: Path) -> DatasetInfo:
-        return cls.model_validate_json((directory / INFO_FILE).read_text())
 
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -271,5 +269,5 @@ def ingest(manifest: Path, out_dir: Path, settings: Settings) -> DatasetInfo:
         info.run_id = run.info.run_id
         mlflow.log_dict(info.model_dump(mode="json"), "dataset/dataset.json")
 
-    (out_dir / INFO_FILE).write_text(info.model_dump_json(indent=2))
+    info.save(out_dir)
     return info

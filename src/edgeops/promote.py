@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from botocore.exceptions import ClientError
-from pydantic import BaseModel
 
 from edgeops import tracking
 from edgeops.errors import PromotionError
+from edgeops.records import StageRecord
 from edgeops.settings import Settings
 from edgeops.storage import error_code, put_if_absent, s3_client, sha256_file
 from edgeops.verify import VerifiedModel
@@ -27,7 +27,8 @@ from edgeops.verify import VerifiedModel
 INFO_FILE = "promotion.json"
 
 
-class Promotion(BaseModel):
+class Promotion(StageRecord):
+    record_file = INFO_FILE
     model_name: str
     version: int
     model_key: str
@@ -161,5 +162,5 @@ def promote(verified_dir: Path, out_dir: Path, settings: Settings, model_name: s
         manifest=manifest,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / INFO_FILE).write_text(promotion.model_dump_json(indent=2))
+    promotion.save(out_dir)
     return promotion

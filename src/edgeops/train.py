@@ -7,19 +7,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel
 from torch import nn
 
 from edgeops import tracking
 from edgeops.ingest import DatasetInfo, load_splits
 from edgeops.model import MatOccupancyNet, ModelSpec
+from edgeops.records import StageRecord
 from edgeops.settings import Settings
 
 WEIGHTS_FILE = "model.pt"
 INFO_FILE = "model.json"
 
 
-class TrainedModel(BaseModel):
+class TrainedModel(StageRecord):
+    record_file = INFO_FILE
     spec: ModelSpec
     dataset_version: str
     run_id: str
@@ -27,10 +28,6 @@ class TrainedModel(BaseModel):
     val_accuracy: float
     val_loss: float
     parameters: int
-
-    @classmethod
-    def load(cls, directory: Path) -> TrainedModel:
-        return cls.model_validate_json((directory / INFO_FILE).read_text())
 
 
 def load_model(directory: Path) -> tuple[TrainedModel, MatOccupancyNet]:
@@ -123,5 +120,5 @@ def train(dataset_dir: Path, out_dir: Path, settings: Settings) -> TrainedModel:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)
-    (out_dir / INFO_FILE).write_text(info.model_dump_json(indent=2))
+    info.save(out_dir)
     return info

@@ -15,6 +15,7 @@ from edgeops.errors import GateError, VerificationError
 from edgeops.export import ExportedModels
 from edgeops.ingest import load_splits
 from edgeops.model import ModelSpec
+from edgeops.records import StageRecord
 from edgeops.runtime import Program
 from edgeops.settings import GateConfig, Settings
 from edgeops.storage import sha256_file
@@ -35,8 +36,10 @@ class Gate(BaseModel):
         return f"{self.name}: {self.value:.4g} (must be {relation} {self.limit:.4g}) {verdict}"
 
 
-class VerifiedModel(BaseModel):
+class VerifiedModel(StageRecord):
     """The INT8 program that passed every check, with what promotion publishes about it."""
+
+    record_file = INFO_FILE
 
     spec: ModelSpec
     dataset_version: str
@@ -47,10 +50,6 @@ class VerifiedModel(BaseModel):
     artifact_path: str
     gates: list[Gate]
     metrics: dict[str, float]
-
-    @classmethod
-    def load(cls, directory: Path) -> VerifiedModel:
-        return cls.model_validate_json((directory / INFO_FILE).read_text())
 
 
 def evaluate_gates(report: BenchmarkReport, size_bytes: int, gates: GateConfig) -> list[Gate]:
@@ -126,5 +125,5 @@ def verify(
             "test_windows": report.test_windows,
         },
     )
-    (out_dir / INFO_FILE).write_text(verified.model_dump_json(indent=2))
+    verified.save(out_dir)
     return verified
