@@ -21,12 +21,12 @@ from importlib.metadata import version
 from pathlib import Path
 
 import yaml
+from validate_charts import KUBERNETES_VERSION  # one schema version for charts and manifests
 
 from edgeops.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
-KUBERNETES_VERSION = "1.33.0"
 OFFLINE = ("no such host", "Could not resolve host", "dial tcp", "unable to access")
 CREDENTIAL_PATTERNS = [
     re.compile(r"AKIA[0-9A-Z]{16}"),

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from edgeops import tracking
 from edgeops.benchmark import BenchmarkReport, benchmark
+from edgeops.demo import http_get
 from edgeops.errors import GateError, PromotionError, VerificationError
 from edgeops.export import ExportedModels, export
 from edgeops.ingest import DatasetInfo, ingest, load_splits
@@ -155,8 +155,7 @@ def test_verify_catches_an_artifact_tampered_in_the_store(chain: Chain, tmp_path
 
 
 def read_manifest_http(settings: Settings) -> dict[str, object]:
-    with urllib.request.urlopen(settings.ota_url(manifest_key(MODEL)), timeout=10) as response:
-        return dict(json.load(response))
+    return dict(json.loads(http_get(settings.ota_url(manifest_key(MODEL)))))
 
 
 def test_promote_publishes_object_then_manifest_and_moves_the_alias(chain: Chain, tmp_path: Path) -> None:
@@ -173,8 +172,7 @@ def test_promote_publishes_object_then_manifest_and_moves_the_alias(chain: Chain
         "units": "Pa",
         "layout": "[batch, frame, chamber], oldest frame first",
     }
-    with urllib.request.urlopen(chain.settings.ota_url(second.model_key), timeout=10) as response:
-        assert sha256_bytes(response.read()) == chain.verified.sha256
+    assert sha256_bytes(http_get(chain.settings.ota_url(second.model_key))) == chain.verified.sha256
     alias = tracking.client(chain.settings).get_model_version_by_alias(MODEL, "production")
     assert alias.version == str(second.version) and alias.tags["sha256"] == chain.verified.sha256
 

@@ -204,7 +204,7 @@ def demo(
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
-    console.print(f"summary: {Settings().out_dir / 'demo' / 'summary.json'}")
+    console.print(f"summary: {settings.out_dir / 'demo' / 'summary.json'}")
     console.print(f"MLflow UI: {summary['mlflow_tracking_uri']}   device manifest: {summary['manifest_url']}")
     console.print("the stack keeps running; stop it with [bold]make down[/]")
 
@@ -228,12 +228,8 @@ def pipeline_submit(
 ) -> None:
     """Upload the cluster pipeline to Kubeflow Pipelines, start a run and print its URL."""
     from edgeops.cluster import submit
+    from edgeops.pipeline import pipeline_arguments
 
     settings = Settings()
     # Inside the component image the recordings sit at the default relative path.
-    arguments = {
-        "session_manifest": str(settings.session_manifest),
-        "model_name": model_name or settings.model_name,
-        **settings.gates.model_dump(),
-    }
-    console.print(f"run started: {submit(settings, package, arguments)}")
+    console.print(f"run started: {submit(settings, package, pipeline_arguments(settings, model_name=model_name))}")

@@ -100,7 +100,7 @@ def pipeline_arguments(
 ) -> dict[str, Any]:
     """Pipeline parameters from settings, so EDGEOPS_* overrides reach the compiled pipeline too."""
     return {
-        "session_manifest": str((manifest or settings.session_manifest).resolve()),
+        "session_manifest": str(manifest or settings.session_manifest),
         "model_name": model_name or settings.model_name,
         **settings.gates.model_dump(),
     }
@@ -116,6 +116,8 @@ def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path
     pipeline_root.mkdir(parents=True, exist_ok=True)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root.resolve()))
     pipeline = components.load_component_from_file(str(package))
+    # Local tasks read the manifest from this machine; on a cluster the path is inside the image.
+    arguments = {**arguments, "session_manifest": str(Path(arguments["session_manifest"]).resolve())}
     clock = _TaskClock(sys.stdout)
     started = time.perf_counter()
     try:

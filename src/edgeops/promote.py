@@ -21,7 +21,7 @@ from edgeops import tracking
 from edgeops.errors import PromotionError
 from edgeops.records import StageRecord
 from edgeops.settings import Settings
-from edgeops.storage import error_code, put_if_absent, s3_client, sha256_file
+from edgeops.storage import error_code, put_if_absent, s3_client, sha256_bytes
 from edgeops.verify import VerifiedModel
 
 INFO_FILE = "promotion.json"
@@ -79,17 +79,16 @@ def _current_manifest_etag(s3: Any, bucket: str, key: str) -> str | None:
         raise
 
 
-def _register(settings: Settings, model_name: str, verified: VerifiedModel) -> tuple[int, str | None]:
+def _register(client: Any, alias: str, model_name: str, verified: VerifiedModel) -> tuple[int, str | None]:
     """Create a registry version; return it and the version the alias pointed at before."""
     from mlflow.exceptions import MlflowException
 
-    client = tracking.client(settings)
     try:
         client.get_registered_model(model_name)
     except MlflowException:
         client.create_registered_model(model_name, description="Mat occupancy, INT8 ExecuTorch for XNNPACK")
     try:
-        previous: str | None = client.get_model_version_by_alias(model_name, settings.registry_alias).version
+        previous: str | None = client.get_model_version_by_alias(model_name, alias).version
     except MlflowException:
         previous = None
     version = client.create_model_version(
@@ -105,7 +104,8 @@ def promote(verified_dir: Path, out_dir: Path, settings: Settings, model_name: s
     model_name = model_name or settings.model_name
     verified = VerifiedModel.load(verified_dir)
     path = verified_dir / verified.file
-    if sha256_file(path) != verified.sha256:
+    model_bytes = path.read_bytes()
+    if sha256_bytes(model_bytes) != verified.sha256:
         raise PromotionError(f"{path} does not match the verified sha256 {verified.sha256}; refusing to publish")
 
     s3 = s3_client(settings)
@@ -114,14 +114,14 @@ def promote(verified_dir: Path, out_dir: Path, settings: Settings, model_name: s
     etag_before = _current_manifest_etag(s3, bucket, latest)
 
     key = model_key(model_name, verified.sha256)
-    if not put_if_absent(s3, bucket, key, path.read_bytes(), "application/octet-stream"):
+    if not put_if_absent(s3, bucket, key, model_bytes, "application/octet-stream"):
         existing = s3.head_object(Bucket=bucket, Key=key)["ContentLength"]
         if existing != verified.size_bytes:
             raise PromotionError(f"s3://{bucket}/{key} exists with {existing} bytes, expected {verified.size_bytes}")
 
     client = tracking.client(settings)
     try:
-        version, previous_alias = _register(settings, model_name, verified)
+        version, previous_alias = _register(client, settings.registry_alias, model_name, verified)
         client.set_registered_model_alias(model_name, settings.registry_alias, str(version))
     except Exception as error:  # MLflow raises several types; all mean the same here
         raise PromotionError(
