@@ -55,6 +55,47 @@ class GateConfig(BaseModel):
     max_int8_size_bytes: int = 1_000_000
 
 
+class BleConfig(BaseModel):
+    """The mat's BLE protocol (docs/ble-protocol.md) and how patiently we speak it."""
+
+    tx_uuid: str = "6e400002-c352-11e5-953d-0002a5d5c51b"
+    rx_uuid: str = "6e400003-c352-11e5-953d-0002a5d5c51b"
+    start_command: str = "01d001"  # hex, written once after connecting
+    poll_command: str = "01c001"  # hex, written every poll_interval_s
+    poll_interval_s: float = Field(0.1, gt=0)
+    start_delay_s: float = Field(1.0, ge=0)
+    connect_timeout_s: float = Field(20.0, gt=0)
+    # A session with no valid frame for this long has lost the mat.
+    silence_timeout_s: float = Field(10.0, gt=0)
+
+
+class ReleaseConfig(BaseModel):
+    """TUF metadata the publisher signs. Keys live outside the repository."""
+
+    keys_dir: Path = Path.home() / ".config" / "edgeops" / "tuf-keys"
+    channels: list[str] = ["stable", "canary"]
+    channel: str = "stable"
+    # Short timestamp expiry limits how long a frozen repository can fool a device;
+    # `edgeops release heartbeat` re-signs it (run it from cron or a CronJob).
+    timestamp_expiry_s: int = Field(86_400, ge=1)
+    snapshot_expiry_s: int = Field(30 * 86_400, ge=1)
+    targets_expiry_s: int = Field(90 * 86_400, ge=1)
+    root_expiry_s: int = Field(365 * 86_400, ge=1)
+
+
+class AgentConfig(BaseModel):
+    """The edge agent's defaults: a device beside the local stack, running the default model."""
+
+    state_dir: Path = Path(".edgeops/agent")
+    poll_interval_s: float = Field(10.0, gt=0)
+    # Bounds a whole cycle: a trickling server cannot hold the agent (socket timeouts bound only gaps).
+    cycle_deadline_s: float = Field(120.0, gt=0)
+    socket_timeout_s: float = Field(10.0, gt=0)
+    # Largest allowed difference between the new model's logits on the published
+    # reference input and the logits recorded at release (INT8 kernels differ a little across CPUs).
+    smoke_tolerance: float = Field(0.25, ge=0)
+
+
 class ClusterConfig(BaseModel):
     """How pipeline tasks are wired on a Kubeflow cluster (see manifests/ and helm/)."""
 
@@ -117,6 +158,9 @@ class Settings(BaseSettings):
     benchmark: BenchmarkConfig = BenchmarkConfig()
     gates: GateConfig = GateConfig()
     cluster: ClusterConfig = ClusterConfig()
+    ble: BleConfig = BleConfig()
+    release: ReleaseConfig = ReleaseConfig()
+    agent: AgentConfig = AgentConfig()
 
     @property
     def s3_url(self) -> str:
