@@ -110,13 +110,19 @@ def verify(
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def promote(verified: Input[Model], model_name: str, promotion: Output[Artifact]) -> int:
-    """Register, alias and publish to the OTA bucket. Returns the registry version."""
+def promote(verified: Input[Model], model_name: str, channel: str, promotion: Output[Artifact]) -> int:
+    """Register, alias and publish a signed release to the OTA bucket. Returns the registry version."""
     from pathlib import Path
 
     from edgeops.promote import promote as run
     from edgeops.settings import Settings
 
-    result = run(Path(verified.path), Path(promotion.path), Settings(model_name=model_name), model_name)
-    promotion.metadata.update({"manifest_url": result.manifest_url, "version": result.version})
+    result = run(Path(verified.path), Path(promotion.path), Settings(model_name=model_name), model_name, channel)
+    promotion.metadata.update(
+        {
+            "manifest_url": result.manifest_url,
+            "version": result.version,
+            "release": f"{channel} v{result.release_version}",
+        }
+    )
     return result.version

@@ -19,7 +19,13 @@ GATES = GateConfig()
 HERE = Path(__file__).parent
 
 # Settings each cluster task reads from the ConfigMap (key -> environment variable).
-SETTINGS_KEYS = ["EDGEOPS_S3_ENDPOINT", "EDGEOPS_MLFLOW_TRACKING_URI", "EDGEOPS_RAW_BUCKET", "EDGEOPS_OTA_BUCKET"]
+SETTINGS_KEYS = [
+    "EDGEOPS_S3_ENDPOINT",
+    "EDGEOPS_MLFLOW_TRACKING_URI",
+    "EDGEOPS_RAW_BUCKET",
+    "EDGEOPS_OTA_BUCKET",
+    "EDGEOPS_RELEASE__KEYS_DIR",
+]
 
 
 def for_cluster(task: PipelineTask) -> None:
@@ -39,6 +45,7 @@ def for_cluster(task: PipelineTask) -> None:
 def build(
     session_manifest: str,
     model_name: str,
+    channel: str,
     min_int8_accuracy: float,
     max_int8_accuracy_drop: float,
     max_int8_p95_ms: float,
@@ -62,11 +69,15 @@ def build(
         max_int8_p95_ms=max_int8_p95_ms,
         max_int8_size_bytes=max_int8_size_bytes,
     )
-    promoted = stages.promote(verified=verified.outputs["verified"], model_name=model_name)
+    promoted = stages.promote(verified=verified.outputs["verified"], model_name=model_name, channel=channel)
     for task in (ingested, trained, exported, measured, verified, promoted):
         task.set_caching_options(False)  # every stage talks to MLflow and S3: never replay a cached result
         if cluster:
             for_cluster(task)
+    if cluster:  # only promote signs, so only promote sees the release keys
+        kubernetes.use_secret_as_volume(
+            promoted, secret_name=DEFAULTS.cluster.release_keys_secret, mount_path=DEFAULTS.cluster.release_keys_mount
+        )
     return promoted.outputs["promotion"]
 
 
@@ -74,6 +85,7 @@ def build(
 def mat_occupancy(
     session_manifest: str = str(DEFAULTS.session_manifest),
     model_name: str = DEFAULTS.model_name,
+    channel: str = DEFAULTS.release.channel,
     min_int8_accuracy: float = GATES.min_int8_accuracy,
     max_int8_accuracy_drop: float = GATES.max_int8_accuracy_drop,
     max_int8_p95_ms: float = GATES.max_int8_p95_ms,
@@ -82,6 +94,7 @@ def mat_occupancy(
     return build(
         session_manifest,
         model_name,
+        channel,
         min_int8_accuracy,
         max_int8_accuracy_drop,
         max_int8_p95_ms,
@@ -97,6 +110,7 @@ def mat_occupancy(
 def mat_occupancy_cluster(
     session_manifest: str = str(DEFAULTS.session_manifest),
     model_name: str = DEFAULTS.model_name,
+    channel: str = DEFAULTS.release.channel,
     min_int8_accuracy: float = GATES.min_int8_accuracy,
     max_int8_accuracy_drop: float = GATES.max_int8_accuracy_drop,
     max_int8_p95_ms: float = GATES.max_int8_p95_ms,
@@ -105,6 +119,7 @@ def mat_occupancy_cluster(
     return build(
         session_manifest,
         model_name,
+        channel,
         min_int8_accuracy,
         max_int8_accuracy_drop,
         max_int8_p95_ms,

@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from edgeops import stack
+from edgeops.release import init_keys
 from edgeops.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,6 +56,7 @@ def throwaway_stack(root: Path, **overrides: Any) -> Iterator[Settings]:
         "EDGEOPS_SEAWEED_VOLUME_PORT": str(volume),
         "EDGEOPS_SEAWEED_FILER_PORT": str(filer),
         "EDGEOPS_MINIO_CONSOLE_PORT": str(console),
+        "EDGEOPS_RELEASE__KEYS_DIR": str(root / "release-keys"),
         "EDGEOPS_STOP_TIMEOUT_S": "5",  # throwaway data: no need to wait for a graceful exit
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
@@ -63,6 +65,7 @@ def throwaway_stack(root: Path, **overrides: Any) -> Iterator[Settings]:
     for name, value in env.items():
         patch.setenv(name, value)
     settings = Settings(**overrides)
+    init_keys(settings.release)
     try:
         stack.start(settings)
         yield settings

@@ -61,7 +61,7 @@ def test_pipeline_end_to_end(stack_settings: Settings, mat_session: Path, tmp_pa
     manifest_bytes = http_get(settings.ota_url(f"{MODEL}/latest.json"))
     assert manifest_bytes is not None
     manifest = json.loads(manifest_bytes)
-    assert manifest["version"] == promotion.version
+    assert manifest["registry_version"] == promotion.version and manifest["version"] == promotion.release_version
     model = http_get(settings.ota_url(manifest["model_key"]))
     assert model is not None and sha256_bytes(model) == manifest["sha256"] and len(model) == manifest["size"]
     assert manifest["model_key"] == f"{MODEL}/models/{manifest['sha256']}.pte"
@@ -83,9 +83,9 @@ def test_pipeline_end_to_end(stack_settings: Settings, mat_session: Path, tmp_pa
     assert metrics["fp32_accuracy"] - metrics["int8_accuracy"] <= 0.005
     assert metrics["int8_accuracy"] == manifest["metrics"]["int8_accuracy"]
     assert mlflow_run.data.tags["int8_sha256"] == manifest["sha256"]
-    assert mlflow_run.data.tags["promoted_version"] == str(manifest["version"])
+    assert mlflow_run.data.tags["promoted_version"] == str(manifest["registry_version"])
     alias = client.get_model_version_by_alias(MODEL, "production")
-    assert alias.version == str(manifest["version"]) and alias.run_id == mlflow_run.info.run_id
+    assert alias.version == str(manifest["registry_version"]) and alias.run_id == mlflow_run.info.run_id
     assert alias.tags["sha256"] == manifest["sha256"]
 
     # The published model runs in the ExecuTorch runtime on raw frames of a real recording.
@@ -95,6 +95,16 @@ def test_pipeline_end_to_end(stack_settings: Settings, mat_session: Path, tmp_pa
     frames = torch.from_numpy(windows(recording.pressures, 8, 8).astype(np.float32))
     predictions = [int(Program(pte)(frames[i : i + 1]).argmax()) for i in range(len(frames))]
     assert np.mean(np.array(predictions) == 1) >= 0.95
+
+    # The edge agent installs the signed release (smoke test on the published reference input
+    # included), then classifies a recording replayed at ten times its pace.
+    device = tmp_path / "device"
+    agent = [sys.executable, "-m", "edgeops", "agent", "--state-dir", str(device), "--model", MODEL]
+    once = subprocess.run([*agent, "--once"], capture_output=True, text=True, timeout=300, check=False)
+    assert once.returncode == 0, once.stdout + once.stderr
+    status = json.loads((device / "status.json").read_text())
+    assert status["installed"]["sha256"] == manifest["sha256"] and status["running"] == "current"
+    assert status["installed"]["version"] == promotion.release_version
 
 
 def test_a_failed_gate_stops_the_pipeline_before_promotion(

@@ -19,6 +19,7 @@ from edgeops.errors import GateError, PromotionError, VerificationError
 from edgeops.export import ExportedModels, export
 from edgeops.ingest import DatasetInfo, ingest, load_splits
 from edgeops.promote import manifest_key, promote
+from edgeops.release import SigningKeyError
 from edgeops.runtime import Program
 from edgeops.settings import BenchmarkConfig, GateConfig, Settings, TrainConfig
 from edgeops.storage import s3_client, sha256_bytes, sha256_file
@@ -162,9 +163,11 @@ def test_promote_publishes_object_then_manifest_and_moves_the_alias(chain: Chain
     first = promote(chain.dirs["verify"], tmp_path / "first", chain.settings)
     second = promote(chain.dirs["verify"], tmp_path / "second", chain.settings)
     assert second.version == first.version + 1
+    assert second.release_version == first.release_version + 1
     assert second.model_key == first.model_key == f"{MODEL}/models/{chain.verified.sha256}.pte"
     manifest = read_manifest_http(chain.settings)
-    assert manifest["version"] == second.version and manifest["sha256"] == chain.verified.sha256
+    assert manifest["version"] == second.release_version and manifest["registry_version"] == second.version
+    assert manifest["sha256"] == chain.verified.sha256
     assert manifest["labels"] == ["empty_or_cat", "occupied"]
     assert manifest["input"] == {
         "shape": [1, 8, 4],
@@ -182,10 +185,22 @@ def test_failed_promotion_leaves_the_previous_release_live(chain: Chain, tmp_pat
     before = read_manifest_http(chain.settings)
     (port,) = free_ports(1)
     unreachable = chain.settings.model_copy(update={"mlflow_tracking_uri": f"http://127.0.0.1:{port}"})
-    with pytest.raises(PromotionError, match="the OTA manifest was not touched"):
+    with pytest.raises(PromotionError, match="nothing was published"):
         promote(chain.dirs["verify"], tmp_path / "failed", unreachable)
     assert read_manifest_http(chain.settings) == before
     assert not (tmp_path / "failed").exists()
+
+
+def test_promotion_without_signing_keys_changes_nothing(chain: Chain, tmp_path: Path) -> None:
+    before = read_manifest_http(chain.settings)
+    alias = tracking.client(chain.settings).get_model_version_by_alias(MODEL, "production").version
+    keyless = chain.settings.model_copy(
+        update={"release": chain.settings.release.model_copy(update={"keys_dir": tmp_path / "no-keys"})}
+    )
+    with pytest.raises(SigningKeyError, match="edgeops keys init"):
+        promote(chain.dirs["verify"], tmp_path / "out", keyless)
+    assert read_manifest_http(chain.settings) == before
+    assert tracking.client(chain.settings).get_model_version_by_alias(MODEL, "production").version == alias
 
 
 def test_promote_refuses_a_file_that_changed_after_verify(chain: Chain, tmp_path: Path) -> None:

@@ -7,7 +7,7 @@ Stage commands read and write directories (default `out/stages/<stage>`), so
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -22,6 +22,10 @@ pipeline_app = typer.Typer(
     no_args_is_help=True, help="Run the compiled KFP pipeline (`make compile` writes it) with the local runner."
 )
 app.add_typer(pipeline_app, name="pipeline")
+keys_app = typer.Typer(no_args_is_help=True, help="TUF signing keys for releases (kept outside the repository).")
+app.add_typer(keys_app, name="keys")
+release_app = typer.Typer(no_args_is_help=True, help="Signed releases in the OTA bucket.")
+app.add_typer(release_app, name="release")
 console = Console(soft_wrap=True)
 
 
@@ -64,7 +68,9 @@ def _print_status(settings: Settings) -> None:
 
 @app.command()
 def ingest(
-    manifest: Annotated[Path | None, typer.Option(help="session manifest (file -> label)")] = None,
+    manifest: Annotated[
+        str | None, typer.Option(help="session manifest (file -> label): a path or s3://bucket/…/session.json")
+    ] = None,
     out: Dir = INGEST_DIR,
 ) -> None:
     """Validate recordings, archive them to S3, build a versioned, time-split dataset."""
@@ -73,6 +79,24 @@ def ingest(
     settings = Settings()
     info = run(manifest or settings.session_manifest, out, settings)
     console.print(f"dataset [bold]{info.version}[/] windows {info.windows} → {out}; MLflow run {info.run_id}")
+
+
+@app.command()
+def record(
+    address: Annotated[str, typer.Option(help="the mat's Bluetooth address (a device UUID on macOS)")],
+    label: Annotated[str, typer.Option(help="what is on the mat, one of the dataset's labels")],
+    session: Annotated[Path, typer.Option(file_okay=False, help="session directory for the CSV and session.json")],
+    duration: Annotated[float, typer.Option(help="seconds to record")] = 60.0,
+    upload: Annotated[bool, typer.Option(help="also upload the session to the raw bucket")] = False,
+) -> None:
+    """Record from the mat over BLE into a session directory, in the CSV format ingest reads."""
+    from edgeops.ble import record as run
+
+    result = run(address, label, duration, session, Settings(), upload=upload)
+    bad = ", ".join(f"{count} {reason}" for reason, count in result.recording.bad_frames.items()) or "none"
+    console.print(f"{result.recording.frames} frames → {result.csv} (dropped: {bad}); manifest {result.manifest}")
+    if result.uri:
+        console.print(f"uploaded; ingest with: edgeops ingest --manifest {result.uri}")
 
 
 @app.command()
@@ -133,12 +157,16 @@ def promote(
     verified: Dir = VERIFY_DIR,
     out: Dir = PROMOTE_DIR,
     model_name: Annotated[str | None, typer.Option(help="registered model and OTA prefix")] = None,
+    channel: Annotated[str | None, typer.Option(help="release channel (stable, canary)")] = None,
 ) -> None:
-    """Register the verified model, alias it, publish it and then its manifest to the OTA bucket."""
+    """Register the verified model, alias it, and publish it as a signed release to the OTA bucket."""
     from edgeops.promote import promote as run
 
-    result = run(verified, out, Settings(), model_name)
-    console.print(f"promoted {result.model_name} version {result.version}: {result.manifest_url}")
+    result = run(verified, out, Settings(), model_name, channel)
+    console.print(
+        f"promoted {result.model_name} registry version {result.version} as {result.channel} "
+        f"v{result.release_version}: {result.manifest_url}"
+    )
 
 
 def main() -> None:
@@ -172,6 +200,10 @@ def demo(
 
     settings = Settings()
     summary = run_demo(settings, manifest or settings.session_manifest, model_name or settings.model_name)
+    agent = summary["agent"]
+    unchanged = agent["unchanged_poll"]
+    if summary["created_release_keys"]:
+        console.print(f"created TUF signing keys in {summary['release_keys']} (keep them out of git; back them up)")
     _print_stage_times(summary["stage_seconds"], summary["pipeline_seconds"])
     table = Table(title="edgeops demo", show_header=False)
     table.add_column("what", no_wrap=True)
@@ -192,7 +224,14 @@ def demo(
         ("size FP32 / INT8", f"{summary['fp32_size_bytes']:,} / {summary['int8_size_bytes']:,} bytes"),
         (
             "promoted",
-            f"{summary['model_name']} version {summary['promoted_version']} (alias '{summary['registry_alias']}')",
+            f"{summary['model_name']} registry version {summary['promoted_version']} "
+            f"(alias '{summary['registry_alias']}'), signed release {summary['release']}",
+        ),
+        (
+            "edge agent",
+            f"installed v{agent['installed_version']} in {agent['install_poll']['seconds']:.2f} s; an unchanged poll: "
+            f"{unchanged['requests']} requests, {unchanged['metadata_bytes']} metadata bytes, "
+            f"{unchanged['target_bytes']} model bytes",
         ),
         ("manifest", summary["manifest_url"]),
         ("model", summary["model_url"]),
@@ -233,3 +272,134 @@ def pipeline_submit(
     settings = Settings()
     # Inside the component image the recordings sit at the default relative path.
     console.print(f"run started: {submit(settings, package, pipeline_arguments(settings, model_name=model_name))}")
+
+
+ModelOption = Annotated[str | None, typer.Option("--model", help="model name (default: the configured model)")]
+ChannelOption = Annotated[str | None, typer.Option(help="release channel (default: stable)")]
+KeysOption = Annotated[Path | None, typer.Option(help="keys directory (default: settings.release.keys_dir)")]
+
+
+@keys_app.command("init")
+def keys_init(keys_dir: KeysOption = None) -> None:
+    """Create one Ed25519 key per TUF role and the root that trusts them. Refuses to overwrite or go into git."""
+    from edgeops.release import init_keys
+
+    root = init_keys(Settings().release, keys_dir)
+    console.print(f"keys and trusted root written to {root.parent} (private keys mode 0600)")
+    console.print(f"provision devices with [bold]{root}[/] (`edgeops agent --root {root}`)")
+
+
+def _release_context(keys_dir: Path | None) -> tuple[Settings, Any, Any]:
+    from edgeops.release import Keyring
+    from edgeops.storage import s3_client
+
+    settings = Settings()
+    return settings, Keyring.load(settings.release, keys_dir), s3_client(settings)
+
+
+@release_app.command("rollback")
+def release_rollback(
+    model: ModelOption = None,
+    channel: ChannelOption = None,
+    to_version: Annotated[int | None, typer.Option(help="release to go back to (default: the one before)")] = None,
+    keys_dir: KeysOption = None,
+) -> None:
+    """Re-publish an earlier release's model under a higher version, so devices move forward onto it."""
+    from edgeops.release import rollback
+
+    settings, keyring, s3 = _release_context(keys_dir)
+    name, channel = model or settings.model_name, channel or settings.release.channel
+    release = rollback(s3, settings.ota_bucket, name, channel, keyring, settings.release, to_version)
+    console.print(
+        f"{name} {channel} v{release.version} now serves the model of v{release.rollback_of} ({release.sha256[:12]})"
+    )
+
+
+@release_app.command("heartbeat")
+def release_heartbeat(model: ModelOption = None, keys_dir: KeysOption = None) -> None:
+    """Re-sign the timestamp with a fresh expiry (schedule it well inside settings.release.timestamp_expiry_s)."""
+    from edgeops.release import heartbeat
+
+    settings, keyring, s3 = _release_context(keys_dir)
+    name = model or settings.model_name
+    timestamp = heartbeat(s3, settings.ota_bucket, name, keyring, settings.release)
+    console.print(f"{name}: timestamp v{timestamp.version} valid until {timestamp.expires.isoformat()}")
+
+
+@release_app.command("list")
+def release_list(model: ModelOption = None, keys_dir: KeysOption = None) -> None:
+    """Show every signed release of a model, per channel."""
+    from edgeops.release import read_release, read_state
+
+    settings, keyring, s3 = _release_context(keys_dir)
+    name = model or settings.model_name
+    state = read_state(s3, settings.ota_bucket, name, keyring)
+    if state is None:
+        raise EdgeopsError(f"{name} has no signed releases in s3://{settings.ota_bucket}/")
+    table = Table(title=f"{name} releases (timestamp v{state.timestamp.signed.version})")
+    for column in ("channel", "version", "sha256", "registry", "rollback of", "created"):
+        table.add_column(column)
+    for channel in settings.release.channels:
+        for version, path in state.releases(channel):
+            release = read_release(s3, settings.ota_bucket, name, path)
+            table.add_row(
+                channel,
+                str(version),
+                release.sha256[:12],
+                str(release.registry_version or "-"),
+                str(release.rollback_of or "-"),
+                release.created_at,
+            )
+    console.print(table)
+
+
+@app.command()
+def agent(
+    source: Annotated[
+        str | None, typer.Option(help="frames to classify: replay:PATH (CSV at its recorded pace) or ble:ADDRESS")
+    ] = None,
+    interval: Annotated[float | None, typer.Option(help="seconds between polls")] = None,
+    once: Annotated[
+        bool, typer.Option("--once", help="one poll, then exit 0 only if a verified model is installed")
+    ] = False,
+    state_dir: Annotated[Path | None, typer.Option(file_okay=False, help="everything the device keeps")] = None,
+    model: ModelOption = None,
+    channel: ChannelOption = None,
+    root: Annotated[Path | None, typer.Option(dir_okay=False, help="trusted root.json for a new device")] = None,
+    repository: Annotated[str | None, typer.Option(help="base URL of the model's releases")] = None,
+) -> None:
+    """The edge agent: install signed releases safely, and classify frames with the installed model."""
+    from edgeops.agent import Agent, AgentError, run
+
+    settings = Settings()
+    device = Agent(settings, state_dir, model, channel, repository, root, report=console.print)
+    device.check_installed()
+    if once:
+        try:
+            stats = device.poll()
+            console.print(
+                f"{stats.outcome}; {stats.requests} requests, {stats.metadata_bytes} metadata bytes, "
+                f"{stats.target_bytes} target bytes, {stats.seconds:.2f} s"
+            )
+        except AgentError as error:
+            Console(stderr=True).print(f"[bold red]poll failed:[/] {error}", highlight=False)
+        running = device.running_model()
+        if running is None:
+            Console(stderr=True).print("[bold red]no verified model is installed[/]")
+            raise SystemExit(1)
+        model_info, role = running
+        console.print(f"running {device.model_name} v{model_info.version} ({role}), sha256 {model_info.sha256}")
+        raise SystemExit(0 if device.status.last_error is None else 2)
+
+    frames = None
+    if source:
+        from edgeops.frames import open_source
+
+        frames = open_source(source, settings)
+    console.print(
+        f"polling {device.repository_url} every {interval or settings.agent.poll_interval_s:g} s; Ctrl-C stops"
+    )
+    try:
+        run(device, interval or settings.agent.poll_interval_s, frames, console.print)
+    except KeyboardInterrupt:
+        console.print("stopped")

@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from edgeops import stack, tracking
+from edgeops.agent import Agent
 from edgeops.errors import VerificationError
 from edgeops.ingest import read_manifest, read_recording, windows
 from edgeops.pipeline import pipeline_arguments, run_local
 from edgeops.promote import manifest_key
+from edgeops.release import ROOT_FILE, init_keys
 from edgeops.runtime import Program
 from edgeops.settings import Settings
 from edgeops.storage import sha256_bytes
@@ -55,10 +57,37 @@ def device_check(settings: Settings, model_name: str, manifest_path: Path) -> di
     return {"manifest": manifest, "sha256_verified": True, "predictions": predictions}
 
 
+def ensure_release_keys(settings: Settings) -> Path | None:
+    """The demo signs releases; on a fresh machine it creates the keys (outside the repository) first."""
+    if (settings.release.keys_dir / ROOT_FILE).exists():
+        return None
+    return init_keys(settings.release)
+
+
+def agent_install(settings: Settings, model_name: str) -> dict[str, Any]:
+    """What an edge agent does with the release: install it, then poll again with nothing new."""
+    agent = Agent(settings, state_dir=settings.out_dir / "demo" / "device", model_name=model_name)
+    agent.check_installed()
+    install = agent.poll()
+    unchanged = agent.poll()
+    running = agent.running_model()
+    if running is None:
+        raise VerificationError(f"the agent in {agent.state_dir} has no verified model after polling")
+    return {
+        "state_dir": str(agent.state_dir),
+        "installed_version": running[0].version,
+        "sha256": running[0].sha256,
+        "install_poll": install.model_dump(),
+        "unchanged_poll": unchanged.model_dump(),
+    }
+
+
 def run_demo(settings: Settings, manifest_path: Path, model_name: str) -> dict[str, Any]:
+    created_keys = ensure_release_keys(settings)
     stack.start(settings)
     pipeline = run_local(settings, pipeline_arguments(settings, manifest_path, model_name), settings.out_dir / "kfp")
     device = device_check(settings, model_name, manifest_path)
+    agent = agent_install(settings, model_name)
     manifest = device["manifest"]
     run = tracking.client(settings).get_run(manifest["source_run_id"])
     metrics = run.data.metrics
@@ -78,7 +107,11 @@ def run_demo(settings: Settings, manifest_path: Path, model_name: str) -> dict[s
         "int8_latency_p95_ms": metrics["int8_latency_p95_ms"],
         "fp32_size_bytes": int(metrics["fp32_size_bytes"]),
         "int8_size_bytes": int(metrics["int8_size_bytes"]),
-        "promoted_version": manifest["version"],
+        "promoted_version": manifest["registry_version"],
+        "release": f"{manifest['channel']} v{manifest['version']}",
+        "release_keys": str(settings.release.keys_dir),
+        "created_release_keys": created_keys is not None,
+        "agent": agent,
         "registry_alias": settings.registry_alias,
         "s3_endpoint": settings.s3_url,
         "ota_bucket": settings.ota_bucket,

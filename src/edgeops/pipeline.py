@@ -81,6 +81,7 @@ def task_environment(settings: Settings) -> Iterator[None]:
         "EDGEOPS_S3_ENDPOINT": settings.s3_url,
         "EDGEOPS_MLFLOW_TRACKING_URI": settings.tracking_uri,
         "EDGEOPS_STATE_DIR": str(settings.state_dir.resolve()),
+        "EDGEOPS_RELEASE__KEYS_DIR": str(settings.release.keys_dir.expanduser().resolve()),
         "PYTHONWARNINGS": "ignore::FutureWarning",
     }
     saved = {name: os.environ.get(name) for name in task_env}
@@ -102,6 +103,7 @@ def pipeline_arguments(
     return {
         "session_manifest": str(manifest or settings.session_manifest),
         "model_name": model_name or settings.model_name,
+        "channel": settings.release.channel,
         **settings.gates.model_dump(),
     }
 

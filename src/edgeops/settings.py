@@ -108,6 +108,9 @@ class ClusterConfig(BaseModel):
     # and the endpoints of the chart's services.
     s3_secret: str = "edgeops-s3"
     settings_config_map: str = "edgeops-settings"
+    # TUF signing keys (`edgeops keys init`, then `make release-keys-secret`), mounted into promote only.
+    release_keys_secret: str = "edgeops-release-keys"
+    release_keys_mount: str = "/var/run/edgeops/release-keys"
     task_cpu_request: str = "500m"
     task_cpu_limit: str = "2"
     task_memory_request: str = "2Gi"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -49,15 +49,37 @@ def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
-def put_if_absent(s3: S3Client, bucket: str, key: str, body: bytes, content_type: str) -> bool:
-    """Write an object only if the key is free; return False when it already exists.
+PRECONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 
-    A conditional write, so two writers racing for one key cannot both win.
+
+def put_conditionally(
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    body: bytes,
+    content_type: str,
+    *,
+    if_match: str | None = None,
+    cache_control: str | None = None,
+) -> str | None:
+    """Write an object only if the key is free (or, with `if_match`, still holds that ETag).
+
+    Returns the new ETag, or None when another writer got there first: a
+    conditional write, so two writers racing for one key cannot both win.
     """
+    condition: dict[str, Any] = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
+    if cache_control:
+        condition["CacheControl"] = cache_control
     try:
-        s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, IfNoneMatch="*")
+        response = s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **condition)
     except ClientError as error:
-        if error_code(error) in {"PreconditionFailed", "412", "ConditionalRequestConflict"}:
-            return False
+        if error_code(error) in PRECONDITION_FAILED:
+            return None
         raise
-    return True
+    return str(response["ETag"])
+
+
+def put_if_absent(
+    s3: S3Client, bucket: str, key: str, body: bytes, content_type: str, cache_control: str | None = None
+) -> bool:
+    return put_conditionally(s3, bucket, key, body, content_type, cache_control=cache_control) is not None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel
@@ -50,6 +51,9 @@ class VerifiedModel(StageRecord):
     artifact_path: str
     gates: list[Gate]
     metrics: dict[str, float]
+    # Published with the release: a device smoke-tests the model by reproducing this output.
+    reference_input: list[Any]
+    reference_output: list[Any]
 
 
 def evaluate_gates(report: BenchmarkReport, size_bytes: int, gates: GateConfig) -> list[Gate]:
@@ -92,7 +96,9 @@ def verify(
                     f"{expected.artifact_path} from MLflow has sha256 {actual}, export recorded {expected.sha256}"
                 )
             sample = torch.from_numpy(load_splits(dataset_dir)["test"][0][:1])
-            Program(downloaded).check(exported.spec.input_shape, exported.spec.output_shape, sample)
+            program = Program(downloaded)
+            program.check(exported.spec.input_shape, exported.spec.output_shape, sample)
+            reference_output = program(sample)
             out_dir.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(downloaded, out_dir / MODEL_FILE)
 
@@ -124,6 +130,8 @@ def verify(
             "int8_latency_p95_ms": int8.latency.p95_ms,
             "test_windows": report.test_windows,
         },
+        reference_input=sample.tolist(),
+        reference_output=reference_output.tolist(),
     )
     verified.save(out_dir)
     return verified
