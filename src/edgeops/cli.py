@@ -6,6 +6,7 @@ Stage commands read and write directories (default `out/stages/<stage>`), so
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -86,13 +87,14 @@ def record(
     address: Annotated[str, typer.Option(help="the mat's Bluetooth address (a device UUID on macOS)")],
     label: Annotated[str, typer.Option(help="what is on the mat, one of the dataset's labels")],
     session: Annotated[Path, typer.Option(file_okay=False, help="session directory for the CSV and session.json")],
-    duration: Annotated[float, typer.Option(help="seconds to record")] = 60.0,
+    duration: Annotated[float | None, typer.Option(help="seconds to record (default: settings.ble)")] = None,
     upload: Annotated[bool, typer.Option(help="also upload the session to the raw bucket")] = False,
 ) -> None:
     """Record from the mat over BLE into a session directory, in the CSV format ingest reads."""
     from edgeops.ble import record as run
 
-    result = run(address, label, duration, session, Settings(), upload=upload)
+    settings = Settings()
+    result = run(address, label, duration or settings.ble.record_duration_s, session, settings, upload=upload)
     bad = ", ".join(f"{count} {reason}" for reason, count in result.recording.bad_frames.items()) or "none"
     console.print(f"{result.recording.frames} frames → {result.csv} (dropped: {bad}); manifest {result.manifest}")
     if result.uri:
@@ -367,6 +369,8 @@ def agent(
     channel: ChannelOption = None,
     root: Annotated[Path | None, typer.Option(dir_okay=False, help="trusted root.json for a new device")] = None,
     repository: Annotated[str | None, typer.Option(help="base URL of the model's releases")] = None,
+    speed: Annotated[float, typer.Option(help="replay this many times faster than recorded")] = 1.0,
+    repeat: Annotated[bool, typer.Option("--repeat", help="start the source again when it ends")] = False,
 ) -> None:
     """The edge agent: install signed releases safely, and classify frames with the installed model."""
     from edgeops.agent import Agent, AgentError, run
@@ -393,9 +397,13 @@ def agent(
 
     frames = None
     if source:
-        from edgeops.frames import open_source
+        from edgeops.frames import Frame, open_source
 
-        frames = open_source(source, settings)
+        def repeated(spec: str) -> Iterator[Frame]:
+            while True:
+                yield from open_source(spec, settings, speed=speed)
+
+        frames = repeated(source) if repeat else open_source(source, settings, speed=speed)
     console.print(
         f"polling {device.repository_url} every {interval or settings.agent.poll_interval_s:g} s; Ctrl-C stops"
     )
@@ -403,3 +411,31 @@ def agent(
         run(device, interval or settings.agent.poll_interval_s, frames, console.print)
     except KeyboardInterrupt:
         console.print("stopped")
+
+
+@app.command("bench-ota")
+def bench_ota(
+    trials: Annotated[int, typer.Option(min=1)] = 6,
+    interval: Annotated[float, typer.Option(help="the agent's poll interval, seconds")] = 2.0,
+) -> None:
+    """Seconds from a promotion finishing until a polling agent runs the new model (real stages, real agent)."""
+    from edgeops.ota_latency import measure
+
+    settings = Settings()
+    summary = measure(settings, trials, interval, console.print)
+    table = Table(title=f"promotion -> running on an agent polling every {interval:g} s")
+    for column in ("release", "installed (s)", "running (s)", "model bytes downloaded"):
+        table.add_column(column, justify="right")
+    for trial in summary["trials"]:
+        table.add_row(
+            f"v{trial['release_version']}",
+            f"{trial['installed_s']:.2f}",
+            f"{trial['running_s']:.2f}",
+            f"{trial['model_bytes']:,}",
+        )
+    console.print(table)
+    console.print(
+        f"running within [bold]{summary['running_s_max']:.2f} s[/] at worst, "
+        f"median {summary['running_s_median']:.2f} s "
+        f"({len(summary['trials'])} promotions); summary: {settings.out_dir / 'bench-ota' / 'summary.json'}"
+    )

@@ -11,16 +11,19 @@ import csv
 import hashlib
 import json
 import math
+import posixpath
+import tempfile
 from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+from botocore.exceptions import ClientError
 from pydantic import BaseModel
 
 from edgeops.errors import InputError
 from edgeops.records import StageRecord
 from edgeops.settings import DatasetConfig, Settings
-from edgeops.storage import put_if_absent, s3_client, sha256_bytes
+from edgeops.storage import error_code, put_if_absent, s3_client, sha256_bytes
 
 SPLITS = ("train", "val", "test")
 DATA_FILE = "dataset.npz"
@@ -209,8 +212,59 @@ def load_splits(directory: Path) -> Splits:
         return {split: (data[f"{split}_x"], data[f"{split}_y"]) for split in SPLITS}
 
 
-def ingest(manifest: Path, out_dir: Path, settings: Settings) -> DatasetInfo:
-    """Validate, archive raw files to S3, write the dataset, open the MLflow run for this pipeline run."""
+def fetch_session(uri: str, directory: Path, settings: Settings) -> Path:
+    """Download an `s3://bucket/.../session.json` and the recordings it lists into `directory`.
+
+    The bucket's layout is mirrored, so file names stay relative to the manifest as they were.
+    """
+    bucket, _, key = uri.removeprefix("s3:").lstrip("/").partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise InputError([f"{uri}: not the s3://bucket/key of a session manifest"])
+    s3 = s3_client(settings)
+
+    def fetch(key: str, listed: str = "") -> Path:
+        local = directory / key
+        local.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            local.write_bytes(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+        except ClientError as error:
+            if error_code(error) in {"404", "NoSuchKey", "NoSuchBucket"}:
+                raise InputError([f"s3://{bucket}/{key}: not found{listed}"]) from None
+            raise
+        return local
+
+    manifest = fetch(key)
+    try:
+        entries = json.loads(manifest.read_text()).get("recordings", [])
+    except (json.JSONDecodeError, AttributeError):
+        entries = []  # read_manifest reports what is wrong with it
+    problems = []
+    for entry in entries if isinstance(entries, list) else []:
+        file = entry.get("file") if isinstance(entry, dict) else None
+        if not isinstance(file, str):
+            continue
+        target = posixpath.normpath(posixpath.join(posixpath.dirname(key), file))
+        if posixpath.isabs(file) or target.startswith("../"):
+            problems.append(f"{uri}: recording '{file}' must be a path relative to the manifest, inside the bucket")
+            continue
+        try:
+            fetch(target, f" (listed by {uri})")
+        except InputError as error:
+            problems.extend(error.problems)
+    if problems:
+        raise InputError(problems)
+    return manifest
+
+
+def ingest(manifest: Path | str, out_dir: Path, settings: Settings) -> DatasetInfo:
+    """Validate, archive raw files to S3, write the dataset, open the MLflow run for this pipeline run.
+
+    `manifest` may be an `s3://` URI (as `edgeops record --upload` prints); it is fetched first.
+    """
+    if str(manifest).startswith("s3:/"):  # Path() folds "s3://" to "s3:/"
+        with tempfile.TemporaryDirectory() as directory:
+            return ingest(fetch_session(str(manifest), Path(directory), settings), out_dir, settings)
+    manifest = Path(manifest)
     config = settings.dataset
     entries = read_manifest(manifest, config)
     recordings = [read_recording(path, label, config) for path, label in entries]

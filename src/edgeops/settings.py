@@ -67,6 +67,7 @@ class BleConfig(BaseModel):
     connect_timeout_s: float = Field(20.0, gt=0)
     # A session with no valid frame for this long has lost the mat.
     silence_timeout_s: float = Field(10.0, gt=0)
+    record_duration_s: float = Field(60.0, gt=0)  # `edgeops record` default, like the original captures
 
 
 class ReleaseConfig(BaseModel):
