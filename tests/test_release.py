@@ -425,3 +425,37 @@ def test_publishing_on_a_bucket_with_a_modified_target_is_refused(stack_settings
         is None
     )
     assert draft(name, model).version == 0
+
+
+def test_the_running_agent_switches_to_a_new_release_while_classifying(
+    stack_settings: Settings, tmp_path: Path, name: str
+) -> None:
+    from edgeops.agent import PREDICTIONS_FILE, run
+    from edgeops.frames import open_source
+
+    from .conftest import MAT_DATA
+
+    release(stack_settings, name, tiny_model(1))
+    agent = device(stack_settings, tmp_path, name)
+    frames = open_source(f"replay:{MAT_DATA / 'occupied.csv'}", stack_settings, speed=10)
+    messages: list[str] = []
+    stop = threading.Event()
+    loop = threading.Thread(target=run, args=(agent, 0.5, frames, messages.append, stop))
+    loop.start()
+    try:
+        predictions = agent.state_dir / PREDICTIONS_FILE
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not (predictions.exists() and predictions.read_text()):
+            time.sleep(0.1)
+        release(stack_settings, name, tiny_model(2))
+        while time.monotonic() < deadline and '"version": 2' not in predictions.read_text():
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        loop.join(timeout=30)
+    assert not loop.is_alive()
+    records = [json.loads(line) for line in predictions.read_text().splitlines()]
+    versions = [r["version"] for r in records]
+    assert versions[0] == 1 and versions[-1] == 2 and versions == sorted(versions)
+    assert all(r["label"] in ("empty_or_cat", "occupied") and len(r["logits"]) == 2 for r in records)
+    assert any("running v2" in m for m in messages)

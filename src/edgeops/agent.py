@@ -440,7 +440,7 @@ class Agent:
 class Predictor:
     """Runs the installed model on a sliding window of frames."""
 
-    def __init__(self, agent: Agent) -> None:
+    def __init__(self, agent: Agent, recent: deque[tuple[float, ...]] | None = None) -> None:
         from edgeops.runtime import Program
 
         running = agent.running_model()
@@ -448,7 +448,8 @@ class Predictor:
             raise AgentError("no verified model is installed")
         self.model, self.role = running
         self.program: Program = Program(agent.model_path(self.model))
-        self.window: deque[tuple[float, ...]] = deque(maxlen=self.model.input_shape[1])
+        # Frames seen under the previous model carry over: a new model classifies from its first frame.
+        self.window: deque[tuple[float, ...]] = deque(recent or (), maxlen=self.model.input_shape[1])
 
     def feed(self, frame: Frame) -> dict[str, Any] | None:
         import torch
@@ -458,6 +459,7 @@ class Predictor:
             return None
         logits = self.program(torch.tensor([list(self.window)], dtype=torch.float32))[0]
         return {
+            "at": _now(),
             "time": frame.arrival.isoformat(timespec="milliseconds"),
             "version": self.model.version,
             "label": self.model.labels[int(logits.argmax())],
@@ -504,7 +506,7 @@ def run(
                     changed.clear()
                     if agent.running_model() is None:
                         continue  # nothing verified to run yet; the poller is working on it
-                    predictor = Predictor(agent)
+                    predictor = Predictor(agent, predictor.window if predictor else None)
                     report(f"[agent] running v{predictor.model.version} ({predictor.role})")
                 prediction = predictor.feed(frame)
                 if prediction is not None:

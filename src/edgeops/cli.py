@@ -415,7 +415,7 @@ def agent(
 
 @app.command("bench-ota")
 def bench_ota(
-    trials: Annotated[int, typer.Option(min=1)] = 6,
+    trials: Annotated[int, typer.Option(min=1)] = 10,
     interval: Annotated[float, typer.Option(help="the agent's poll interval, seconds")] = 2.0,
 ) -> None:
     """Seconds from a promotion finishing until a polling agent runs the new model (real stages, real agent)."""
