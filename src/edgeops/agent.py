@@ -263,17 +263,29 @@ class Agent:
 
     # --- one poll ---
 
+    def _trusted_root(self) -> bytes:
+        """The newest root this device has verified, else the one it was provisioned with.
+
+        python-tuf keeps `root_history/N.root.json` and points `root.json` at the newest; a kill
+        between its remove and symlink leaves only the history, which is just as trustworthy.
+        """
+        cached = self.metadata_dir / "root.json"
+        if cached.exists():
+            return cached.read_bytes()
+        history = sorted(self.metadata_dir.glob("root_history/*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+        if history:
+            return history[-1].read_bytes()
+        if self.trusted_root.is_file():
+            return self.trusted_root.read_bytes()
+        raise AgentError(
+            f"no trusted root: provision the device with --root (the publisher's root.json); "
+            f"looked for {self.trusted_root}"
+        )
+
     def _updater(self, fetcher: MeteredFetcher) -> Updater:
-        cached_root = self.metadata_dir / "root.json"
-        if cached_root.exists():
-            bootstrap = cached_root.read_bytes()
-        elif self.trusted_root.is_file():
-            bootstrap = self.trusted_root.read_bytes()
-        else:
-            raise AgentError(
-                f"no trusted root: provision the device with --root (the publisher's root.json); "
-                f"looked for {self.trusted_root}"
-            )
+        for leftover in self.metadata_dir.glob("tmp*"):  # python-tuf's temporary files from a killed poll
+            leftover.unlink(missing_ok=True)
+        bootstrap = self._trusted_root()
         return Updater(
             metadata_dir=str(self.metadata_dir),
             metadata_base_url=self.repository_url + METADATA + "/",
