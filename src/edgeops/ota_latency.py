@@ -103,14 +103,17 @@ def measure(settings: Settings, trials: int, interval_s: float, report: Callable
     ]
     log = (work / "agent.log").open("w")
     agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
-    results: list[dict[str, float]] = []
+    results: list[dict[str, float]] = []  # seconds; negative when installed before promote() returned
+    seed = 0
     try:
         _wait_for_version(device, 1, agent)
-        rng = random.Random(0)
+        seed = random.SystemRandom().randrange(1 << 32)
+        rng = random.Random(seed)
         for trial in range(1, trials + 1):
             time.sleep(rng.uniform(0, interval_s))  # promotions land at any phase of the poll cycle
             predictions = device / PREDICTIONS_FILE
             offset = predictions.stat().st_size if predictions.exists() else 0
+            started = time.time()
             promotion = promote(models[trial % len(models)], work / "promotions" / str(trial), settings, name)
             finished = time.time()
             running_at = _wait_for_version(device, promotion.release_version, agent, predictions, offset)
@@ -121,6 +124,8 @@ def measure(settings: Settings, trials: int, interval_s: float, report: Callable
                     "release_version": promotion.release_version,
                     "installed_s": round(installed_at - finished, 3),
                     "running_s": round(running_at - finished, 3),
+                    # An upper bound that does not depend on when inside promote() the release went live.
+                    "running_since_promote_started_s": round(running_at - started, 3),
                     "model_bytes": status["last_poll"]["target_bytes"] if status["last_poll"] else 0,
                 }
             )
@@ -140,9 +145,11 @@ def measure(settings: Settings, trials: int, interval_s: float, report: Callable
     summary = {
         "model_name": name,
         "interval_s": interval_s,
+        "phase_seed": seed,
         "trials": results,
         "running_s_max": max(running),
         "running_s_median": statistics.median(running),
+        "running_since_promote_started_s_max": max(r["running_since_promote_started_s"] for r in results),
         "agent_log": str(work / "agent.log"),
     }
     (work / "summary.json").write_text(json.dumps(summary, indent=2))
