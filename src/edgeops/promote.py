@@ -15,7 +15,7 @@ from typing import Any
 from edgeops import tracking
 from edgeops.errors import PromotionError
 from edgeops.records import StageRecord
-from edgeops.release import LATEST, Keyring, Release, ReleaseError, model_target, publish
+from edgeops.release import LATEST, Keyring, LatestManifestError, Release, ReleaseError, model_target, publish
 from edgeops.settings import Settings
 from edgeops.storage import s3_client, sha256_bytes
 from edgeops.verify import VerifiedModel
@@ -128,6 +128,8 @@ def promote(
             build_release(verified, model_name, channel, version),
             model_bytes,
         )
+    except LatestManifestError:
+        raise  # the signed release is live, so the alias rightly points at it
     except Exception as error:  # whatever went wrong, the alias must follow what is live
         if previous_alias:
             client.set_registered_model_alias(model_name, settings.registry_alias, previous_alias)

@@ -54,6 +54,10 @@ class ReleaseError(EdgeopsError):
     """A release operation was refused; what is live did not change."""
 
 
+class LatestManifestError(PromotionError):
+    """The signed release went live, but `latest.json` had been changed by someone else and was left alone."""
+
+
 class Release(BaseModel):
     """A release descriptor: everything a device needs to install and smoke-test one model."""
 
@@ -364,7 +368,7 @@ def _write_timestamp(
 def _write_latest(s3: S3Client, bucket: str, key: str, body: bytes, before: tuple[bytes, str] | None) -> None:
     if_match = before[1] if before else None
     if put_conditionally(s3, bucket, key, body, "application/json", if_match=if_match, cache_control=MUTABLE) is None:
-        raise PromotionError(
+        raise LatestManifestError(
             f"the signed release is live, but s3://{bucket}/{key} was changed by someone else meanwhile "
             "and was left as they wrote it"
         )
