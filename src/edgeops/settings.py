@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -31,6 +32,22 @@ class DatasetConfig(BaseModel):
     stride: int = Field(1, ge=1)
     val_fraction: float = Field(0.15, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
+
+
+class PmdConfig(BaseModel):
+    """The in-bed pressure-map track: PhysioNet PMD experiment-i. The data stays outside the repository."""
+
+    data_dir: Path = Path("../shared/data/pmd")
+    experiment: str = "experiment-i"
+    release_url: str = "https://physionet.org/files/pmd/1.0.0/"
+    rows: int = 64
+    cols: int = 32
+    max_value: float = 1000.0  # sensor units; the exported model takes raw values and normalises inside
+    label_set: Literal["posture3", "posture17"] = "posture3"
+    subjects: list[str] = [f"S{n}" for n in range(1, 11)]
+    test_subjects: list[str] = ["S9", "S10"]
+    val_subjects: list[str] = ["S8"]
+    model_name: str = "pmd-posture"
 
 
 class TrainConfig(BaseModel):
@@ -158,6 +175,7 @@ class Settings(BaseSettings):
     component_image: str = "ghcr.io/edgeops/edgeops:0.1.0"
 
     dataset: DatasetConfig = DatasetConfig()
+    pmd: PmdConfig = PmdConfig()
     train: TrainConfig = TrainConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
     gates: GateConfig = GateConfig()
