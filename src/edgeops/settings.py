@@ -42,7 +42,9 @@ class PmdConfig(BaseModel):
     release_url: str = "https://physionet.org/files/pmd/1.0.0/"
     rows: int = 64
     cols: int = 32
-    max_value: float = 1000.0  # sensor units; the exported model takes raw values and normalises inside
+    # Sensor full scale: the PhysioNet README says 0-1000, but the files are 12-bit (69 % of frames
+    # exceed 1000; 820 cells sit at 4095). The exported model takes raw values and normalises inside.
+    max_value: float = 4095.0
     label_set: Literal["posture3", "posture17"] = "posture3"
     subjects: list[str] = [f"S{n}" for n in range(1, 11)]
     test_subjects: list[str] = ["S9", "S10"]
