@@ -27,6 +27,8 @@ keys_app = typer.Typer(no_args_is_help=True, help="TUF signing keys for releases
 app.add_typer(keys_app, name="keys")
 release_app = typer.Typer(no_args_is_help=True, help="Signed releases in the OTA bucket.")
 app.add_typer(release_app, name="release")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets kept outside the repository.")
+app.add_typer(data_app, name="data")
 console = Console(soft_wrap=True)
 
 
@@ -442,3 +444,23 @@ def bench_ota(
         f"(at worst {summary['running_since_promote_started_s_max']:.2f} s after it began) "
         f"({len(summary['trials'])} promotions); summary: {settings.out_dir / 'bench-ota' / 'summary.json'}"
     )
+
+
+@data_app.command("fetch")
+def data_fetch(
+    dataset: Annotated[str, typer.Argument(help="dataset to download: pmd (PhysioNet pressure maps)")],
+    dest: Annotated[Path | None, typer.Option(file_okay=False, help="default: settings.pmd.data_dir")] = None,
+) -> None:
+    """Download a public dataset and verify every file against its published SHA256SUMS."""
+    from edgeops.pmd import fetch
+
+    if dataset != "pmd":
+        raise EdgeopsError(f"unknown dataset '{dataset}' (known: pmd)")
+    config = Settings().pmd
+
+    def progress(path: str, done: int, total: int, downloaded: bool) -> None:
+        how = "downloaded" if downloaded else "already present"
+        console.print(f"[{done}/{total}] {path} {how}, sha256 ok")
+
+    target = fetch(config, dest or config.data_dir, progress)
+    console.print(f"PhysioNet PMD in {target}, every file verified against SHA256SUMS.txt")
