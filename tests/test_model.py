@@ -41,3 +41,20 @@ def test_a_chamber_difference_does_change_the_output() -> None:
     shifted[:, :, 0] += 800.0
     with torch.inference_mode():
         assert not torch.allclose(model(shifted), model(x), atol=1e-3)
+
+
+def test_posture_net_takes_raw_one_channel_maps_and_carries_its_normalisation() -> None:
+    from edgeops.model import PostureNet
+
+    torch.manual_seed(0)
+    model = PostureNet(classes=3, full_scale=4095.0)
+    frames = torch.rand(16, 1, 64, 32) * 600
+    model.fit(frames)
+    assert 0.0 < float(model.mean) < 0.2 and float(model.std) > 0
+    model.eval()
+    assert model(frames[:1]).shape == (1, 3)
+    assert model.network.features[0][0].in_channels == 1
+    # Saturated readings are clipped to full scale, not extrapolated.
+    assert torch.equal(model(torch.full((1, 1, 64, 32), 9000.0)), model(torch.full((1, 1, 64, 32), 4095.0)))
+    assert set(model.state_dict()) >= {"full_scale", "mean", "std"}
+    assert 2_000_000 < sum(p.numel() for p in model.parameters()) < 2_400_000

@@ -69,3 +69,36 @@ class MatOccupancyNet(nn.Module):
 
     def forward(self, pressure: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(pressure))
+
+
+class PostureNet(nn.Module):
+    """torchvision's MobileNetV2 for one-channel 64x32 pressure maps: [batch, 1, 64, 32] raw sensor values -> logits.
+
+    Only the stem (one input channel) and the classifier (our classes) change. Scaling by the
+    sensor's full scale and standardising with training-split statistics happen inside, so a
+    device feeds raw readings.
+    """
+
+    def __init__(self, classes: int, full_scale: float, width_mult: float = 1.0) -> None:
+        super().__init__()
+        from torchvision.models import mobilenet_v2
+
+        self.register_buffer("full_scale", torch.tensor(full_scale))
+        self.register_buffer("mean", torch.tensor(0.0))
+        self.register_buffer("std", torch.tensor(1.0))
+        network = mobilenet_v2(num_classes=classes, width_mult=width_mult)
+        stem = network.features[0][0]
+        network.features[0][0] = nn.Conv2d(
+            1, stem.out_channels, stem.kernel_size, stem.stride, stem.padding, bias=False
+        )
+        self.network = network
+
+    def fit(self, frames: torch.Tensor) -> None:
+        """Standardisation from the training split, kept as buffers so it is exported with the weights."""
+        scaled = frames.clamp(0, self.full_scale) / self.full_scale
+        self.mean.copy_(scaled.mean())
+        self.std.copy_(scaled.std().clamp_min(1e-6))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        scaled = frames.clamp(0, self.full_scale) / self.full_scale
+        return self.network((scaled - self.mean) / self.std)
