@@ -35,10 +35,8 @@ from edgeops.pmd import (
     fetch,
     label_map,
     labels_for,
-    load_splits,
     load_subjects,
     read_posture_file,
-    save_splits,
     split_by_subject,
     verify_checksums,
 )
@@ -164,12 +162,12 @@ def test_split_by_subject(three: PmdData, tmp_path: Path) -> None:
     assert info.input_shape == [1, 1, CONFIG.rows, CONFIG.cols] and info.value_range == (0.0, 3920.0)
     assert info.frames == {"train": 1287, "val": 1202, "test": 1311} and info.version == version
     assert info.dropped[BLANK] == 51 and info.dropped_by_subject["S1"] == {BLANK: 17, MULTIPLES_OF_256: 18}
-    save_splits(splits, tmp_path)
+    ingest.save_splits(splits, tmp_path)
     info.save(tmp_path)
     assert PmdDatasetInfo.load(tmp_path) == info
-    for loaded in (load_splits(tmp_path), ingest.load_splits(tmp_path)):
-        assert np.array_equal(loaded["val"][0], splits["val"][0]) and loaded["val"][0].dtype == np.float32
-        assert np.array_equal(loaded["test"][1], splits["test"][1])
+    loaded = ingest.load_splits(tmp_path)
+    assert np.array_equal(loaded["val"][0], splits["val"][0]) and loaded["val"][0].dtype == np.float32
+    assert np.array_equal(loaded["test"][1], splits["test"][1])
 
 
 def test_split_errors(three: PmdData) -> None:

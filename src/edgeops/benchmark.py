@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from edgeops import tracking
 from edgeops.export import ExportedModels
 from edgeops.ingest import load_splits
+from edgeops.latency import Latency, measure
 from edgeops.records import StageRecord
 from edgeops.runtime import Program
 from edgeops.settings import Settings
@@ -22,14 +23,6 @@ INFO_FILE = "benchmark.json"
 REPORT_FILE = "report.md"
 RUNNERS = ("eager", "fp32", "int8")
 OFFSETS_PA = (-1000.0, 1000.0)  # common offset of the order weather adds
-
-
-class Latency(BaseModel):
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    mean_ms: float
-    runs: int
 
 
 class RunnerResult(BaseModel):
@@ -73,23 +66,6 @@ def classification(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> dict
         "f1": float(f1.mean()),
         "confusion": confusion.tolist(),
     }
-
-
-def measure_latency(
-    predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, runs: int, warmup: int
-) -> Latency:
-    """Single-sample calls, cycling through the test windows, after warm-up."""
-    samples = [x[i : i + 1] for i in range(len(x))]
-    for i in range(warmup):
-        predict(samples[i % len(samples)])
-    timings = np.empty(runs)
-    for i in range(runs):
-        sample = samples[i % len(samples)]
-        started = time.perf_counter_ns()
-        predict(sample)
-        timings[i] = (time.perf_counter_ns() - started) / 1e6
-    p50, p95, p99 = np.percentile(timings, [50, 95, 99])
-    return Latency(p50_ms=p50, p95_ms=p95, p99_ms=p99, mean_ms=float(timings.mean()), runs=runs)
 
 
 def predict_all(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
@@ -145,12 +121,14 @@ def benchmark(
             return eager(sample)
 
     predictors: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {"eager": eager_predict, **programs}
+    samples = [x[i : i + 1] for i in range(len(x))]
     results = {}
     for name, predict in predictors.items():
         metrics = classification(y_true, predict_all(predict, x), classes)
         results[name] = RunnerResult(
             **metrics,
-            latency=measure_latency(predict, x, config.latency_runs, config.warmup_runs),
+            # Single-sample calls, cycling through the test windows, after warm-up.
+            latency=measure(predict, samples, config.warmup_runs, config.latency_runs).summary(),
             load_ms=eager_load_ms if name == "eager" else programs[name].load_ms,
             size_bytes=(model_dir / WEIGHTS_FILE).stat().st_size
             if name == "eager"

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -17,6 +17,11 @@ from rich.table import Table
 from edgeops import stack
 from edgeops.errors import EdgeopsError
 from edgeops.settings import Settings
+
+if TYPE_CHECKING:  # imported where used: every command starts faster
+    from mypy_boto3_s3 import S3Client
+
+    from edgeops.release import Keyring
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 pipeline_app = typer.Typer(
@@ -293,7 +298,7 @@ def keys_init(keys_dir: KeysOption = None) -> None:
     console.print(f"provision devices with [bold]{root}[/] (`edgeops agent --root {root}`)")
 
 
-def _release_context(keys_dir: Path | None) -> tuple[Settings, Any, Any]:
+def _release_context(keys_dir: Path | None) -> tuple[Settings, Keyring, S3Client]:
     from edgeops.release import Keyring
     from edgeops.storage import s3_client
 

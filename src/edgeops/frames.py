@@ -7,7 +7,6 @@ in a test, in a demo without hardware and beside a real mat.
 from __future__ import annotations
 
 import asyncio
-import csv
 import queue
 import threading
 import time
@@ -63,12 +62,10 @@ def _replay(path: Path, settings: Settings, speed: float) -> Generator[Frame, No
     config = settings.dataset
     if not path.is_file():
         raise InputError([f"{path}: recording not found"])
-    # Ingest's reader validates the whole file first, so a bad file fails with ingest's messages.
-    pressures = read_recording(path, path.stem, config).pressures.tolist()
-    rows = list(csv.reader(path.read_text(encoding="utf-8-sig").splitlines()))
-    column = [name.strip() for name in rows[0]].index(config.timestamp_column)
-    arrivals = [datetime.strptime(row[column].strip(), config.timestamp_format) for row in rows[1:]]
-    return _paced([Frame(a, tuple(p)) for a, p in zip(arrivals, pressures, strict=True)], speed)
+    # Ingest's reader validates the whole file, so a bad file fails with ingest's messages.
+    recording = read_recording(path, path.stem, config)
+    frames = [Frame(a, tuple(p)) for a, p in zip(recording.arrivals, recording.pressures.tolist(), strict=True)]
+    return _paced(frames, speed)
 
 
 def _paced(frames: list[Frame], speed: float) -> Generator[Frame, None, None]:

@@ -39,15 +39,23 @@ class Runner(Protocol):
     def __call__(self, x: Any, /) -> Any: ...
 
 
-class LatencyStats(BaseModel):
-    """Percentiles of single-call latency; the samples are kept for plots."""
+class Latency(BaseModel):
+    """Percentiles of single-call latency."""
 
     p50_ms: float
     p95_ms: float
     p99_ms: float
     mean_ms: float
     runs: int
+
+
+class LatencyStats(Latency):
+    """Latency with the samples kept for plots."""
+
     samples_ms: list[float]
+
+    def summary(self) -> Latency:
+        return Latency.model_validate(self.model_dump(exclude={"samples_ms"}))
 
     @classmethod
     def of(cls, samples_ms: Sequence[float]) -> LatencyStats:

@@ -104,10 +104,9 @@ def measure(settings: Settings, trials: int, interval_s: float, report: Callable
     log = (work / "agent.log").open("w")
     agent = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "NO_COLOR": "1"})
     results: list[dict[str, float]] = []  # seconds; negative when installed before promote() returned
-    seed = 0
+    seed = random.SystemRandom().randrange(1 << 32)  # recorded, so a run's promotion phases can be replayed
     try:
         _wait_for_version(device, 1, agent)
-        seed = random.SystemRandom().randrange(1 << 32)
         rng = random.Random(seed)
         for trial in range(1, trials + 1):
             time.sleep(rng.uniform(0, interval_s))  # promotions land at any phase of the poll cycle

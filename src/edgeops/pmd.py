@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from edgeops.errors import EdgeopsError, InputError
-from edgeops.ingest import DATA_FILE, INFO_FILE, SPLITS, Splits
+from edgeops.ingest import INFO_FILE, SPLITS, Splits, save_splits
 from edgeops.records import StageRecord
 from edgeops.settings import PmdConfig
 from edgeops.storage import sha256_bytes, sha256_file
@@ -461,30 +461,6 @@ def dataset_info(
         checksums_verified=checksums_verified,
         files=dict(sorted(data.checksums.items())),
     )
-
-
-def save_splits(splits: Splits, out_dir: Path) -> Path:
-    """The same keys as the mat track's dataset.npz, so `ingest.load_splits` reads it too.
-
-    Uncompressed: all ten subjects are ~125 MB, written in under a second (zlib takes ~15 s).
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / DATA_FILE
-    np.savez(
-        path,
-        train_x=splits["train"][0],
-        train_y=splits["train"][1],
-        val_x=splits["val"][0],
-        val_y=splits["val"][1],
-        test_x=splits["test"][0],
-        test_y=splits["test"][1],
-    )
-    return path
-
-
-def load_splits(directory: Path) -> Splits:
-    with np.load(directory / DATA_FILE) as data:
-        return {split: (data[f"{split}_x"], data[f"{split}_y"]) for split in SPLITS}
 
 
 def build(

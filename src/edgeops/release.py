@@ -24,7 +24,6 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from botocore.exceptions import ClientError
 from pydantic import BaseModel
 from securesystemslib.signer import CryptoSigner, Signer
 from tuf.api.metadata import Metadata, MetaFile, Root, Snapshot, TargetFile, Targets, Timestamp
@@ -32,7 +31,7 @@ from tuf.api.serialization.json import JSONSerializer
 
 from edgeops.errors import EdgeopsError, PromotionError
 from edgeops.settings import ReleaseConfig
-from edgeops.storage import error_code, put_conditionally, put_if_absent, sha256_bytes
+from edgeops.storage import get_if_present, put_conditionally, put_if_absent, sha256_bytes
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -190,20 +189,10 @@ class RepositoryState:
         return sorted(found)
 
 
-def _get(s3: S3Client, bucket: str, key: str) -> tuple[bytes, str] | None:
-    try:
-        response = s3.get_object(Bucket=bucket, Key=key)
-    except ClientError as error:
-        if error_code(error) in {"NoSuchKey", "404", "NotFound"}:
-            return None
-        raise
-    return response["Body"].read(), str(response["ETag"])
-
-
 def read_state(s3: S3Client, bucket: str, model_name: str, keyring: Keyring) -> RepositoryState | None:
     """The live repository, each file checked against our keys so we never build on a forgery."""
     prefix = metadata_prefix(model_name)
-    found = _get(s3, bucket, prefix + "timestamp.json")
+    found = get_if_present(s3, bucket, prefix + "timestamp.json")
     if found is None:
         return None
     timestamp_bytes, etag = found
@@ -212,13 +201,13 @@ def read_state(s3: S3Client, bucket: str, model_name: str, keyring: Keyring) -> 
         timestamp = Metadata[Timestamp].from_bytes(timestamp_bytes)
         root.verify_delegate("timestamp", timestamp.signed_bytes, timestamp.signatures)
         snapshot_version = timestamp.signed.snapshot_meta.version
-        snapshot_bytes = _get(s3, bucket, f"{prefix}{snapshot_version}.snapshot.json")
+        snapshot_bytes = get_if_present(s3, bucket, f"{prefix}{snapshot_version}.snapshot.json")
         if snapshot_bytes is None:
             raise ReleaseError(f"s3://{bucket}/{prefix}{snapshot_version}.snapshot.json is missing")
         snapshot = Metadata[Snapshot].from_bytes(snapshot_bytes[0])
         root.verify_delegate("snapshot", snapshot.signed_bytes, snapshot.signatures)
         targets_version = snapshot.signed.meta["targets.json"].version
-        targets_bytes = _get(s3, bucket, f"{prefix}{targets_version}.targets.json")
+        targets_bytes = get_if_present(s3, bucket, f"{prefix}{targets_version}.targets.json")
         if targets_bytes is None:
             raise ReleaseError(f"s3://{bucket}/{prefix}{targets_version}.targets.json is missing")
         targets = Metadata[Targets].from_bytes(targets_bytes[0])
@@ -250,7 +239,7 @@ def _ensure_root(s3: S3Client, bucket: str, model_name: str, keyring: Keyring) -
     key = f"{metadata_prefix(model_name)}{keyring.root.signed.version}.root.json"
     if put_if_absent(s3, bucket, key, keyring.root_bytes, "application/json", cache_control=IMMUTABLE):
         return
-    existing = _get(s3, bucket, key)
+    existing = get_if_present(s3, bucket, key)
     if existing is None or sha256_bytes(existing[0]) != sha256_bytes(keyring.root_bytes):
         raise SigningKeyError(
             f"s3://{bucket}/{key} holds a different root than the keys in use; "
@@ -262,7 +251,7 @@ def _upload_target(s3: S3Client, bucket: str, key: str, body: bytes, content_typ
     """Content-addressed targets are written once; an existing one must hold exactly these bytes."""
     if put_if_absent(s3, bucket, key, body, content_type, cache_control=IMMUTABLE):
         return
-    existing = _get(s3, bucket, key)
+    existing = get_if_present(s3, bucket, key)
     if existing is None or existing[0] != body:
         raise ReleaseError(
             f"s3://{bucket}/{key} exists with different content than this release: the bucket was modified "
@@ -292,7 +281,7 @@ def publish(
     releases = state.releases(release.channel) if state else []
     release = release.model_copy(update={"version": releases[-1][0] + 1 if releases else 1})
     with_latest = release.channel == config.channel
-    latest_before = _get(s3, bucket, prefix + LATEST) if with_latest else None
+    latest_before = get_if_present(s3, bucket, prefix + LATEST) if with_latest else None
 
     signed_targets = state.targets.signed.targets if state else {}
     if model_bytes is not None:
@@ -384,7 +373,7 @@ def heartbeat(s3: S3Client, bucket: str, model_name: str, keyring: Keyring, conf
 
 
 def read_release(s3: S3Client, bucket: str, model_name: str, path: str) -> Release:
-    found = _get(s3, bucket, f"{model_name}/{path}")
+    found = get_if_present(s3, bucket, f"{model_name}/{path}")
     if found is None:
         raise ReleaseError(f"s3://{bucket}/{model_name}/{path} is missing")
     return Release.model_validate_json(found[0])
@@ -406,18 +395,20 @@ def rollback(
         raise ReleaseError(f"{model_name} has no {channel} releases to roll back")
     current_version, current_path = releases[-1]
     current = read_release(s3, bucket, model_name, current_path)
-    if to_version is None:
-        earlier = [(v, p) for v, p in releases[:-1] if read_release(s3, bucket, model_name, p).sha256 != current.sha256]
-        if not earlier:
+    if to_version is None:  # the newest earlier release with a different model
+        for version, path in reversed(releases[:-1]):
+            target = read_release(s3, bucket, model_name, path)
+            if target.sha256 != current.sha256:
+                to_version = version
+                break
+        else:
             raise ReleaseError(f"{model_name} {channel} has no earlier model than version {current_version}")
-        to_version, path = earlier[-1]
     else:
         matches = [p for v, p in releases if v == to_version]
         if not matches or to_version >= current_version:
             known = ", ".join(str(v) for v, _ in releases[:-1]) or "none"
             raise ReleaseError(f"{channel} version {to_version} is not an earlier release (earlier: {known})")
-        path = matches[0]
-    target = read_release(s3, bucket, model_name, path)
+        target = read_release(s3, bucket, model_name, matches[0])
     release = target.model_copy(
         update={"rollback_of": to_version, "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
     )

@@ -49,6 +49,20 @@ def error_code(error: ClientError) -> str:
     return str(error.response.get("Error", {}).get("Code", ""))
 
 
+MISSING = {"NoSuchKey", "404", "NotFound", "NoSuchBucket"}
+
+
+def get_if_present(s3: S3Client, bucket: str, key: str) -> tuple[bytes, str] | None:
+    """An object's bytes and ETag, or None when there is no such object."""
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error_code(error) in MISSING:
+            return None
+        raise
+    return response["Body"].read(), str(response["ETag"])
+
+
 PRECONDITION_FAILED = {"PreconditionFailed", "412", "ConditionalRequestConflict"}
 
 
