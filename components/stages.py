@@ -14,26 +14,26 @@ IMAGE = Settings().component_image
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def ingest(session_manifest: str, model_name: str, dataset: Output[Dataset]) -> str:
-    """Validate and archive the recordings; build the versioned dataset. Returns the MLflow run id."""
+def ingest(dataset_name: str, session_manifest: str, model_name: str, dataset: Output[Dataset]) -> str:
+    """Build the versioned dataset of the track `dataset_name` ("mat" or "pmd"). Returns the MLflow run id."""
     from pathlib import Path
 
-    from edgeops.ingest import ingest as run
+    from edgeops.ingest import ingest_dataset
     from edgeops.settings import Settings
 
-    info = run(Path(session_manifest), Path(dataset.path), Settings(model_name=model_name))
-    dataset.metadata.update({"version": info.version, "windows": info.windows, "mlflow_run_id": info.run_id})
+    info = ingest_dataset(dataset_name, session_manifest, Path(dataset.path), Settings(model_name=model_name))
+    dataset.metadata.update({"version": info.version, "samples": info.samples, "mlflow_run_id": info.run_id})
     return info.run_id
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
-def train(dataset: Input[Dataset], model: Output[Model]) -> None:
+def train(dataset: Input[Dataset], architecture: str, model: Output[Model]) -> None:
     from pathlib import Path
 
     from edgeops.settings import Settings
     from edgeops.train import train as run
 
-    info = run(Path(dataset.path), Path(model.path), Settings())
+    info = run(Path(dataset.path), Path(model.path), Settings(), architecture)
     model.metadata.update({"val_accuracy": info.val_accuracy, "best_epoch": info.best_epoch})
 
 
@@ -45,8 +45,7 @@ def export(dataset: Input[Dataset], model: Input[Model], executorch: Output[Mode
     from edgeops.settings import Settings
 
     result = run(Path(dataset.path), Path(model.path), Path(executorch.path), Settings())
-    for name in ("fp32", "int8"):
-        program = getattr(result, name)
+    for name, program in (("fp32", result.fp32), *result.candidates.items()):
         executorch.metadata[name] = {
             "sha256": program.sha256,
             "size_bytes": program.size_bytes,
@@ -77,7 +76,7 @@ def benchmark(
         metrics.log_metric(f"{name}_accuracy", runner.accuracy)
         metrics.log_metric(f"{name}_f1", runner.f1)
         metrics.log_metric(f"{name}_latency_p95_ms", runner.latency.p95_ms)
-    confusion_matrix.log_confusion_matrix(result.labels, result.results["int8"].confusion)
+    confusion_matrix.log_confusion_matrix(result.labels, result.results["fp32"].confusion)
     Path(report.path).write_text((out / REPORT_FILE).read_text())
 
 
@@ -90,6 +89,8 @@ def verify(
     max_int8_accuracy_drop: float,
     max_int8_p95_ms: float,
     max_int8_size_bytes: int,
+    min_int8_size_ratio: float,
+    max_int8_bytes_per_param: float,
     verified: Output[Model],
 ) -> None:
     from pathlib import Path
@@ -102,11 +103,13 @@ def verify(
         max_int8_accuracy_drop=max_int8_accuracy_drop,
         max_int8_p95_ms=max_int8_p95_ms,
         max_int8_size_bytes=max_int8_size_bytes,
+        min_int8_size_ratio=min_int8_size_ratio,
+        max_int8_bytes_per_param=max_int8_bytes_per_param,
     )
     result = run(
         Path(dataset.path), Path(executorch.path), Path(results.path), Path(verified.path), Settings(gates=gates)
     )
-    verified.metadata.update({"sha256": result.sha256, "size_bytes": result.size_bytes})
+    verified.metadata.update({"sha256": result.sha256, "size_bytes": result.size_bytes, "strategy": result.strategy})
 
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)

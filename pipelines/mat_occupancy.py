@@ -1,4 +1,8 @@
-"""The mat-occupancy pipeline: ingest -> train -> export -> benchmark -> verify -> promote.
+"""The edgeops pipeline: ingest -> train -> export -> benchmark -> verify -> promote.
+
+One definition serves both tracks through its parameters: `dataset` ("mat" recordings or
+"pmd" pressure maps) and `model` ("mat-mlp" or "mobilenet_v2"); the gates are parameters too,
+and `edgeops.pipeline.pipeline_arguments` fills each track's defaults.
 
 Two flavours compile from one definition (`make compile`):
 - `mat_occupancy.yaml` for KFP's local runner: tasks take settings from the environment;
@@ -43,6 +47,8 @@ def for_cluster(task: PipelineTask) -> None:
 
 
 def build(
+    dataset: str,
+    model: str,
     session_manifest: str,
     model_name: str,
     channel: str,
@@ -50,10 +56,12 @@ def build(
     max_int8_accuracy_drop: float,
     max_int8_p95_ms: float,
     max_int8_size_bytes: int,
+    min_int8_size_ratio: float,
+    max_int8_bytes_per_param: float,
     cluster: bool,
 ):
-    ingested = stages.ingest(session_manifest=session_manifest, model_name=model_name)
-    trained = stages.train(dataset=ingested.outputs["dataset"])
+    ingested = stages.ingest(dataset_name=dataset, session_manifest=session_manifest, model_name=model_name)
+    trained = stages.train(dataset=ingested.outputs["dataset"], architecture=model)
     exported = stages.export(dataset=ingested.outputs["dataset"], model=trained.outputs["model"])
     measured = stages.benchmark(
         dataset=ingested.outputs["dataset"],
@@ -68,6 +76,8 @@ def build(
         max_int8_accuracy_drop=max_int8_accuracy_drop,
         max_int8_p95_ms=max_int8_p95_ms,
         max_int8_size_bytes=max_int8_size_bytes,
+        min_int8_size_ratio=min_int8_size_ratio,
+        max_int8_bytes_per_param=max_int8_bytes_per_param,
     )
     promoted = stages.promote(verified=verified.outputs["verified"], model_name=model_name, channel=channel)
     for task in (ingested, trained, exported, measured, verified, promoted):
@@ -81,8 +91,13 @@ def build(
     return promoted.outputs["promotion"]
 
 
-@dsl.pipeline(name="mat-occupancy", description="Mat recordings to a verified INT8 ExecuTorch model in the OTA bucket.")
+@dsl.pipeline(
+    name="mat-occupancy",
+    description="Mat recordings or PMD pressure maps to a verified INT8 ExecuTorch model in the OTA bucket.",
+)
 def mat_occupancy(
+    dataset: str = "mat",
+    model: str = DEFAULTS.architecture_for("mat"),
     session_manifest: str = str(DEFAULTS.session_manifest),
     model_name: str = DEFAULTS.model_name,
     channel: str = DEFAULTS.release.channel,
@@ -90,8 +105,12 @@ def mat_occupancy(
     max_int8_accuracy_drop: float = GATES.max_int8_accuracy_drop,
     max_int8_p95_ms: float = GATES.max_int8_p95_ms,
     max_int8_size_bytes: int = GATES.max_int8_size_bytes,
+    min_int8_size_ratio: float = GATES.min_int8_size_ratio,
+    max_int8_bytes_per_param: float = GATES.max_int8_bytes_per_param,
 ) -> Artifact:
     return build(
+        dataset,
+        model,
         session_manifest,
         model_name,
         channel,
@@ -99,6 +118,8 @@ def mat_occupancy(
         max_int8_accuracy_drop,
         max_int8_p95_ms,
         max_int8_size_bytes,
+        min_int8_size_ratio,
+        max_int8_bytes_per_param,
         cluster=False,
     )
 
@@ -108,6 +129,8 @@ def mat_occupancy(
     description="The same pipeline on a Kubeflow cluster, wired to the edgeops Helm release.",
 )
 def mat_occupancy_cluster(
+    dataset: str = "mat",
+    model: str = DEFAULTS.architecture_for("mat"),
     session_manifest: str = str(DEFAULTS.session_manifest),
     model_name: str = DEFAULTS.model_name,
     channel: str = DEFAULTS.release.channel,
@@ -115,8 +138,12 @@ def mat_occupancy_cluster(
     max_int8_accuracy_drop: float = GATES.max_int8_accuracy_drop,
     max_int8_p95_ms: float = GATES.max_int8_p95_ms,
     max_int8_size_bytes: int = GATES.max_int8_size_bytes,
+    min_int8_size_ratio: float = GATES.min_int8_size_ratio,
+    max_int8_bytes_per_param: float = GATES.max_int8_bytes_per_param,
 ) -> Artifact:
     return build(
+        dataset,
+        model,
         session_manifest,
         model_name,
         channel,
@@ -124,6 +151,8 @@ def mat_occupancy_cluster(
         max_int8_accuracy_drop,
         max_int8_p95_ms,
         max_int8_size_bytes,
+        min_int8_size_ratio,
+        max_int8_bytes_per_param,
         cluster=True,
     )
 

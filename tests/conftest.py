@@ -19,6 +19,9 @@ from edgeops.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 MAT_DATA = REPO / "data" / "seroton-mat"
+# PhysioNet PMD sits beside the repository (`shared/` next to the clone), here and in CI; tests
+# that need it fail, not skip, when it is missing.
+PMD_DATA = REPO.parent / "shared" / "data" / "pmd"
 
 
 def _free(port: int) -> bool:

@@ -260,7 +260,7 @@ def test_record_uploads_and_ingest_reads_the_session_from_s3(stack_settings: Set
         (result.recording.label, result.csv.name, result.recording.frames, sha256_file(result.csv))
         for result in results
     }
-    assert all(count > 0 for count in info.windows.values())
+    assert all(count > 0 for count in info.samples.values())
 
     # A Path folds "s3://" to "s3:/"; the manifest is still found.
     assert (

@@ -115,6 +115,6 @@ def test_a_failed_gate_stops_the_pipeline_before_promotion(
     arguments = pipeline_arguments(settings, mat_session, MODEL) | {"min_int8_accuracy": 1.5}
     with pytest.raises(EdgeopsError, match="pipeline failed at task verify") as error:
         run_local(settings, arguments, tmp_path / "kfp")
-    assert "GateError: quality gate(s) failed, nothing will be promoted" in str(error.value)
+    assert "GateError: no INT8 candidate passed the quality gates, nothing will be promoted" in str(error.value)
     assert re.search(r"min_int8_accuracy: [\d.]+ \(must be >= 1\.5\) FAILED by 0\.[5-9]", str(error.value))
     assert http_get(settings.ota_url(f"{MODEL}/latest.json")) == manifest_before

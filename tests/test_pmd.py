@@ -43,15 +43,11 @@ from edgeops.pmd import (
 from edgeops.settings import PmdConfig
 from edgeops.storage import sha256_bytes
 
-from .conftest import REPO
+from .conftest import PMD_DATA
 
-PMD_DATA = REPO.parent / "shared" / "data" / "pmd"
 CONFIG = PmdConfig(data_dir=PMD_DATA)
 EXPERIMENT = PMD_DATA / CONFIG.experiment
 CELLS = CONFIG.rows * CONFIG.cols
-
-# The data sits beside the repository (`shared/` next to the clone), here and in CI; a missing
-# copy is a failure, not a skip, so these tests always run.
 
 
 @pytest.fixture(scope="module")
@@ -160,7 +156,7 @@ def test_split_by_subject(three: PmdData, tmp_path: Path) -> None:
 
     info = dataset_info(three, splits, subjects, checksums_verified=51)
     assert info.input_shape == [1, 1, CONFIG.rows, CONFIG.cols] and info.value_range == (0.0, 3920.0)
-    assert info.frames == {"train": 1287, "val": 1202, "test": 1311} and info.version == version
+    assert info.samples == {"train": 1287, "val": 1202, "test": 1311} and info.version == version
     assert info.dropped[BLANK] == 51 and info.dropped_by_subject["S1"] == {BLANK: 17, MULTIPLES_OF_256: 18}
     ingest.save_splits(splits, tmp_path)
     info.save(tmp_path)

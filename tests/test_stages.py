@@ -24,7 +24,7 @@ from edgeops.runtime import Program
 from edgeops.settings import BenchmarkConfig, GateConfig, Settings, TrainConfig
 from edgeops.storage import s3_client, sha256_bytes, sha256_file
 from edgeops.train import TrainedModel, load_model, train
-from edgeops.verify import MODEL_FILE, VerifiedModel, verify
+from edgeops.verify import MODEL_FILE, VerifiedModel, choose, verify
 
 from .conftest import free_ports
 
@@ -88,49 +88,104 @@ def test_train_normalises_with_training_statistics_and_logs_epochs(chain: Chain)
     client = tracking.client(chain.settings)
     assert len(client.get_metric_history(chain.dataset.run_id, "val_loss")) == 25
     assert chain.trained.val_accuracy >= 0.9
-    card = client.download_artifacts(chain.dataset.run_id, "model_card.md", tempfile.mkdtemp())
-    assert "raw pressure in Pa" in Path(card).read_text()
+    card = Path(client.download_artifacts(chain.dataset.run_id, "model_card.md", tempfile.mkdtemp())).read_text()
+    assert "`[1, 8, 4]` [batch, frame, chamber], oldest frame first; Pa" in card
+    assert "mat-mlp" in card
 
 
-def test_export_writes_two_programs_lowered_to_xnnpack(chain: Chain) -> None:
-    fp32, int8 = chain.exported.fp32, chain.exported.int8
-    assert int8.size_bytes < fp32.size_bytes
-    assert int8.delegated_ops > 0 and fp32.delegated_ops > 0
-    for program in (fp32, int8):
+def test_export_writes_fp32_and_one_int8_candidate_per_strategy(chain: Chain) -> None:
+    fp32, candidates = chain.exported.fp32, chain.exported.candidates
+    assert list(candidates) == ["ptq_per_tensor", "ptq_per_channel", "qat"]
+    tags = tracking.client(chain.settings).get_run(chain.dataset.run_id).data.tags
+    for strategy, int8 in candidates.items():
+        assert int8.strategy == strategy and int8.size_bytes < fp32.size_bytes
+        assert int8.delegated_ops > 0 and int8.seconds > 0
+        assert tags[f"{strategy}_sha256"] == int8.sha256
+    assert len({int8.sha256 for int8 in candidates.values()}) == 3  # three different programs
+    for program in (fp32, *candidates.values()):
         path = chain.dirs["export"] / program.file
         assert sha256_file(path) == program.sha256
         assert Program(path).signature() == ([1, 8, 4], [1, 2])
-    tags = tracking.client(chain.settings).get_run(chain.dataset.run_id).data.tags
-    assert tags["int8_sha256"] == int8.sha256
 
 
 def test_benchmark_is_consistent_and_logged(chain: Chain) -> None:
     y_test = load_splits(chain.dirs["ingest"])["test"][1]
     for name, result in chain.report.results.items():
         confusion = np.array(result.confusion)
-        assert confusion.sum() == len(y_test) == chain.report.test_windows, name
+        assert confusion.sum() == len(y_test) == chain.report.test_samples, name
         assert result.accuracy == pytest.approx(np.trace(confusion) / confusion.sum())
         assert result.latency.runs == 1000
         assert 0 < result.latency.p50_ms <= result.latency.p95_ms <= result.latency.p99_ms
     metrics = tracking.client(chain.settings).get_run(chain.dataset.run_id).data.metrics
-    assert metrics["int8_accuracy"] == chain.report.results["int8"].accuracy
-    assert metrics["int8_latency_p95_ms"] == chain.report.results["int8"].latency.p95_ms
+    for strategy in chain.exported.candidates:
+        result = chain.report.results[f"int8_{strategy}"]
+        assert metrics[f"int8_{strategy}_accuracy"] == result.accuracy
+        assert metrics[f"int8_{strategy}_latency_p95_ms"] == result.latency.p95_ms
+        assert set(chain.report.offset_accuracy[strategy]) == {"-1000 Pa", "+1000 Pa"}
     assert (chain.dirs["benchmark"] / "report.md").read_text().startswith("# Benchmark")
 
 
-def test_verify_passes_the_real_model(chain: Chain) -> None:
-    assert all(gate.passed for gate in chain.verified.gates)
-    assert sha256_file(chain.dirs["verify"] / MODEL_FILE) == chain.exported.int8.sha256
+def test_verify_promotes_the_smallest_fastest_passing_candidate_and_says_why(chain: Chain) -> None:
+    verified = chain.verified
+    assert all(gate.passed for gate in verified.gates)
+    chosen = chain.exported.candidates[verified.strategy]
+    assert sha256_file(chain.dirs["verify"] / MODEL_FILE) == chosen.sha256 == verified.sha256
+    verdicts = {verdict.strategy: verdict for verdict in verified.candidates}
+    assert [v.strategy for v in verified.candidates if v.chosen] == [verified.strategy]
+    assert all(verdict.reason for verdict in verdicts.values())
+    tolerance = chain.settings.quantize.size_tolerance
+    passing = [v for v in verdicts.values() if v.passed]
+    smallest = min(v.size_bytes for v in passing)
+    assert chosen.size_bytes <= smallest * (1 + tolerance)
+    for verdict in passing:
+        if verdict.size_bytes <= smallest * (1 + tolerance):
+            assert verdicts[verified.strategy].p50_ms <= verdict.p50_ms
+    metrics = tracking.client(chain.settings).get_run(chain.dataset.run_id).data.metrics
+    assert metrics["int8_accuracy"] == chain.report.results[f"int8_{verified.strategy}"].accuracy
+    assert tracking.client(chain.settings).get_run(chain.dataset.run_id).data.tags["int8_strategy"] == verified.strategy
+
+
+def test_choose_takes_the_smallest_then_the_fastest_and_skips_failures(chain: Chain) -> None:
+    """The selection rule on the real records, with sizes, latencies and one accuracy set by hand."""
+    exported, report = chain.exported.model_copy(deep=True), chain.report.model_copy(deep=True)
+    sizes = {"ptq_per_tensor": 10_000, "ptq_per_channel": 10_100, "qat": 10_150}
+    p50 = {"ptq_per_tensor": 0.5, "ptq_per_channel": 0.3, "qat": 0.2}
+    for strategy in sizes:
+        exported.candidates[strategy].size_bytes = sizes[strategy]
+        report.results[f"int8_{strategy}"].latency.p50_ms = p50[strategy]
+        report.results[f"int8_{strategy}"].accuracy = report.results["fp32"].accuracy
+    lenient = GateConfig(min_int8_accuracy=0.0, max_int8_accuracy_drop=1.0, max_int8_p95_ms=1e9, min_int8_size_ratio=0)
+
+    verdicts = {v.strategy: v for v in choose(report, exported, lenient, size_tolerance=0.0)}
+    assert [s for s, v in verdicts.items() if v.chosen] == ["ptq_per_tensor"]
+    assert verdicts["qat"].reason == "passed, but larger: 10,150 bytes vs 10,000"
+
+    # Within 1 % per-tensor and per-channel are equally small; per-channel is faster.
+    verdicts = {v.strategy: v for v in choose(report, exported, lenient, size_tolerance=0.01)}
+    assert [s for s, v in verdicts.items() if v.chosen] == ["ptq_per_channel"]
+    assert verdicts["ptq_per_tensor"].reason == "passed, as small, but slower: p50 0.500 ms vs 0.300 ms"
+
+    # Within 2 % QAT is as small and fastest, unless it fails a gate.
+    report.results["int8_qat"].accuracy = 0.5
+    strict = lenient.model_copy(update={"min_int8_accuracy": 0.9})
+    verdicts = {v.strategy: v for v in choose(report, exported, strict, size_tolerance=0.02)}
+    assert [s for s, v in verdicts.items() if v.chosen] == ["ptq_per_channel"]
+    assert verdicts["qat"].reason.startswith("failed min_int8_accuracy: 0.5 (must be >= 0.9)")
 
 
 def test_verify_names_the_failed_gate_and_the_margin(chain: Chain, tmp_path: Path) -> None:
     strict = chain.settings.model_copy(update={"gates": GateConfig(min_int8_accuracy=1.5, max_int8_size_bytes=100)})
     with pytest.raises(GateError) as error:
         verify(chain.dirs["ingest"], chain.dirs["export"], chain.dirs["benchmark"], tmp_path, strict)
-    accuracy, size = chain.report.results["int8"].accuracy, chain.exported.int8.size_bytes
     message = str(error.value)
-    assert f"min_int8_accuracy: {accuracy:.4g} (must be >= 1.5) FAILED by {1.5 - accuracy:.4g}" in message
-    assert f"max_int8_size_bytes: {size:.4g} (must be <= 100) FAILED by {size - 100:.4g}" in message
+    assert message.startswith("no INT8 candidate passed the quality gates")
+    for strategy, program in chain.exported.candidates.items():
+        accuracy, size = chain.report.results[f"int8_{strategy}"].accuracy, program.size_bytes
+        assert (
+            f"  - {strategy}: failed min_int8_accuracy: {accuracy:.4g} (must be >= 1.5) FAILED by {1.5 - accuracy:.4g}"
+            in message
+        )
+        assert f"max_int8_size_bytes: {size:.4g} (must be <= 100) FAILED by {size - 100:.4g}" in message
     assert "max_int8_p95_ms" not in message
     assert not (tmp_path / MODEL_FILE).exists()
 
@@ -138,15 +193,15 @@ def test_verify_names_the_failed_gate_and_the_margin(chain: Chain, tmp_path: Pat
 def test_verify_catches_an_artifact_tampered_in_the_store(chain: Chain, tmp_path: Path) -> None:
     import mlflow
 
-    original = chain.dirs["export"] / chain.exported.int8.file
-    tampered = tmp_path / "model_int8.pte"
+    original = chain.dirs["export"] / chain.exported.candidates[chain.verified.strategy].file
+    tampered = tmp_path / original.name
     data = bytearray(original.read_bytes())
     data[-1] ^= 0xFF
     tampered.write_bytes(bytes(data))
     with tracking.resume_run(chain.settings, chain.dataset.run_id):
         mlflow.log_artifact(str(tampered), "executorch")
     try:
-        with pytest.raises(VerificationError, match=r"executorch/model_int8\.pte from MLflow has sha256"):
+        with pytest.raises(VerificationError, match=rf"executorch/{original.name} from MLflow has sha256"):
             verify(
                 chain.dirs["ingest"], chain.dirs["export"], chain.dirs["benchmark"], tmp_path / "out", chain.settings
             )

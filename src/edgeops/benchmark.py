@@ -1,4 +1,4 @@
-"""Benchmark: accuracy and latency of the eager model and both `.pte` on the test split."""
+"""Benchmark: accuracy and latency of the eager model, the FP32 `.pte` and every INT8 candidate on the test split."""
 
 from __future__ import annotations
 
@@ -8,21 +8,25 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from edgeops import tracking
 from edgeops.export import ExportedModels
+from edgeops.export import Program as ExportProgram
 from edgeops.ingest import load_splits
 from edgeops.latency import Latency, measure
 from edgeops.records import StageRecord
 from edgeops.runtime import Program
 from edgeops.settings import Settings
-from edgeops.train import WEIGHTS_FILE, load_model
+from edgeops.train import WEIGHTS_FILE, load_model, logits_of
 
 INFO_FILE = "benchmark.json"
 REPORT_FILE = "report.md"
-RUNNERS = ("eager", "fp32", "int8")
-OFFSETS_PA = (-1000.0, 1000.0)  # common offset of the order weather adds
+OFFSETS_PA = (-1000.0, 1000.0)  # mat track: common offset of the order weather adds
+
+
+def candidate_key(strategy: str) -> str:
+    return f"int8_{strategy}"
 
 
 class RunnerResult(BaseModel):
@@ -41,13 +45,13 @@ class BenchmarkReport(StageRecord):
     run_id: str
     dataset_version: str
     labels: list[str]
-    test_windows: int
-    results: dict[str, RunnerResult]
-    int8_offset_accuracy: dict[str, float]
+    test_samples: int
+    results: dict[str, RunnerResult]  # "eager", "fp32", and "int8_<strategy>" per candidate
+    # Mat track: accuracy of each INT8 candidate with a common pressure offset added.
+    offset_accuracy: dict[str, dict[str, float]] = Field(default_factory=dict)
 
-    @property
-    def int8_accuracy_drop(self) -> float:
-        return self.results["fp32"].accuracy - self.results["int8"].accuracy
+    def accuracy_drop(self, strategy: str) -> float:
+        return self.results["fp32"].accuracy - self.results[candidate_key(strategy)].accuracy
 
 
 def classification(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> dict[str, float | list[list[int]]]:
@@ -69,6 +73,7 @@ def classification(y_true: np.ndarray, y_pred: np.ndarray, classes: int) -> dict
 
 
 def predict_all(predict: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> np.ndarray:
+    """One sample per call, as on a device (the `.pte` programs have batch 1)."""
     return np.array([int(predict(x[i : i + 1]).argmax(dim=1)) for i in range(len(x))])
 
 
@@ -76,8 +81,7 @@ def render_report(report: BenchmarkReport, exported: ExportedModels) -> str:
     lines = [
         f"# Benchmark — dataset {report.dataset_version}, run {report.run_id}",
         "",
-        f"{report.test_windows} test windows (the newest time block of every recording); "
-        "latency is one window per call, after warm-up.",
+        f"{report.test_samples} held-out test samples; latency is one sample per call, after warm-up.",
         "",
         "| model | accuracy | precision | recall | F1 | p50 ms | p95 ms | p99 ms | load ms | size bytes |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -88,15 +92,20 @@ def render_report(report: BenchmarkReport, exported: ExportedModels) -> str:
             f"{r.latency.p50_ms:.4f} | {r.latency.p95_ms:.4f} | {r.latency.p99_ms:.4f} | "
             f"{r.load_ms:.2f} | {r.size_bytes:,} |"
         )
-    lines += ["", f"INT8 accuracy drop vs FP32: {report.int8_accuracy_drop * 100:+.2f} points.", ""]
-    for name in ("fp32", "int8"):
-        program = getattr(exported, name)
+    lines.append("")
+    programs: list[tuple[str, ExportProgram]] = [("fp32", exported.fp32), *exported.candidates.items()]
+    for name, program in programs:
+        drop = "" if name == "fp32" else f", accuracy drop vs FP32 {report.accuracy_drop(name) * 100:+.2f} points"
         lines.append(
-            f"- {name}: {program.delegated_ops} ops delegated to XNNPACK, {program.non_delegated_ops} not "
-            f"(sha256 `{program.sha256[:16]}…`)"
+            f"- {name}: {program.delegated_ops} ops delegated to XNNPACK, {program.non_delegated_ops} not, "
+            f"built in {program.seconds:.1f} s{drop} (sha256 `{program.sha256[:16]}…`)"
         )
-    lines += ["", "INT8 accuracy with a common pressure offset (weather moves every chamber together):", ""]
-    lines += [f"- {offset}: {accuracy:.4f}" for offset, accuracy in report.int8_offset_accuracy.items()]
+    if report.offset_accuracy:
+        lines += ["", "INT8 accuracy with a common pressure offset (weather moves every chamber together):", ""]
+        lines += [
+            f"- {name}: " + ", ".join(f"{offset} {accuracy:.4f}" for offset, accuracy in by_offset.items())
+            for name, by_offset in report.offset_accuracy.items()
+        ]
     lines += ["", "Confusion matrices (rows: true, columns: predicted, order " + ", ".join(report.labels) + "):", ""]
     lines += [f"- {name}: {r.confusion}" for name, r in report.results.items()]
     return "\n".join(lines) + "\n"
@@ -114,7 +123,11 @@ def benchmark(
     started = time.perf_counter()
     _, eager = load_model(model_dir)
     eager_load_ms = (time.perf_counter() - started) * 1000
-    programs = {name: Program(export_dir / getattr(exported, name).file) for name in ("fp32", "int8")}
+    files: dict[str, ExportProgram] = {
+        "fp32": exported.fp32,
+        **{candidate_key(strategy): program for strategy, program in exported.candidates.items()},
+    }
+    programs = {name: Program(export_dir / program.file) for name, program in files.items()}
 
     def eager_predict(sample: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():
@@ -124,27 +137,34 @@ def benchmark(
     samples = [x[i : i + 1] for i in range(len(x))]
     results = {}
     for name, predict in predictors.items():
-        metrics = classification(y_true, predict_all(predict, x), classes)
+        predicted = logits_of(eager, x).argmax(dim=1).numpy() if name == "eager" else predict_all(predict, x)
         results[name] = RunnerResult(
-            **metrics,
-            # Single-sample calls, cycling through the test windows, after warm-up.
+            **classification(y_true, predicted, classes),
+            # Single-sample calls, cycling through the test samples, after warm-up.
             latency=measure(predict, samples, config.warmup_runs, config.latency_runs).summary(),
             load_ms=eager_load_ms if name == "eager" else programs[name].load_ms,
-            size_bytes=(model_dir / WEIGHTS_FILE).stat().st_size
-            if name == "eager"
-            else getattr(exported, name).size_bytes,
+            size_bytes=(model_dir / WEIGHTS_FILE).stat().st_size if name == "eager" else files[name].size_bytes,
         )
-    offset_accuracy = {
-        f"{offset:+.0f} Pa": float((predict_all(programs["int8"], x + offset) == y_true).mean())
-        for offset in OFFSETS_PA
-    }
+    offset_accuracy = (
+        {
+            strategy: {
+                f"{offset:+.0f} Pa": float(
+                    (predict_all(programs[candidate_key(strategy)], x + offset) == y_true).mean()
+                )
+                for offset in OFFSETS_PA
+            }
+            for strategy in exported.candidates
+        }
+        if exported.spec.architecture == "mat-mlp"
+        else {}
+    )
     report = BenchmarkReport(
         run_id=exported.run_id,
         dataset_version=exported.dataset_version,
         labels=exported.spec.labels,
-        test_windows=len(y_true),
+        test_samples=len(y_true),
         results=results,
-        int8_offset_accuracy=offset_accuracy,
+        offset_accuracy=offset_accuracy,
     )
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -169,9 +189,11 @@ def benchmark(
                 }
             )
             mlflow.log_dict({"labels": report.labels, "matrix": r.confusion}, f"benchmark/confusion_{name}.json")
-        mlflow.log_metric("int8_accuracy_drop", report.int8_accuracy_drop)
-        for offset, accuracy in zip(OFFSETS_PA, offset_accuracy.values(), strict=True):
-            mlflow.log_metric(f"int8_accuracy_offset_{offset:.0f}pa", accuracy)
+        for strategy in exported.candidates:
+            mlflow.log_metric(f"{candidate_key(strategy)}_accuracy_drop", report.accuracy_drop(strategy))
+        for strategy, by_offset in offset_accuracy.items():
+            for offset, accuracy in zip(OFFSETS_PA, by_offset.values(), strict=True):
+                mlflow.log_metric(f"{candidate_key(strategy)}_accuracy_offset_{offset:.0f}pa", accuracy)
         mlflow.log_text(markdown, f"benchmark/{REPORT_FILE}")
         mlflow.log_dict(report.model_dump(mode="json"), f"benchmark/{INFO_FILE}")
     return report

@@ -16,7 +16,7 @@ from rich.table import Table
 
 from edgeops import stack
 from edgeops.errors import EdgeopsError
-from edgeops.settings import Settings
+from edgeops.settings import Settings, parse_dataset
 
 if TYPE_CHECKING:  # imported where used: every command starts faster
     from mypy_boto3_s3 import S3Client
@@ -74,19 +74,26 @@ def _print_status(settings: Settings) -> None:
     console.print(table)
 
 
+DatasetOption = Annotated[
+    str, typer.Option("--dataset", help="track: 'mat' (BLE mat recordings) or 'pmd' (PhysioNet pressure maps)")
+]
+
+
 @app.command()
 def ingest(
     manifest: Annotated[
-        str | None, typer.Option(help="session manifest (file -> label): a path or s3://bucket/…/session.json")
+        str | None, typer.Option(help="mat: session manifest (file -> label), a path or s3://bucket/…/session.json")
     ] = None,
+    dataset: DatasetOption = "mat",
     out: Dir = INGEST_DIR,
 ) -> None:
-    """Validate recordings, archive them to S3, build a versioned, time-split dataset."""
-    from edgeops.ingest import ingest as run
+    """Build the track's versioned dataset (mat: validate and archive recordings; pmd: read settings.pmd.data_dir)."""
+    from edgeops.ingest import ingest_dataset
 
     settings = Settings()
-    info = run(manifest or settings.session_manifest, out, settings)
-    console.print(f"dataset [bold]{info.version}[/] windows {info.windows} → {out}; MLflow run {info.run_id}")
+    settings.model_name = settings.model_name_for(parse_dataset(dataset))
+    info = ingest_dataset(dataset, manifest or settings.session_manifest, out, settings)
+    console.print(f"dataset [bold]{info.version}[/] samples {info.samples} → {out}; MLflow run {info.run_id}")
 
 
 @app.command()
@@ -109,22 +116,25 @@ def record(
 
 
 @app.command()
-def train(dataset: Dir = INGEST_DIR, out: Dir = TRAIN_DIR) -> None:
+def train(
+    dataset: Dir = INGEST_DIR,
+    out: Dir = TRAIN_DIR,
+    model: Annotated[str | None, typer.Option(help="mat-mlp or mobilenet_v2 (default: the dataset's track)")] = None,
+) -> None:
     """Train the network; normalisation from the training split goes inside the model."""
     from edgeops.train import train as run
 
-    info = run(dataset, out, Settings())
+    info = run(dataset, out, Settings(), model)
     console.print(f"best epoch {info.best_epoch}: val accuracy {info.val_accuracy:.4f} → {out}")
 
 
 @app.command("export")
 def export_(dataset: Dir = INGEST_DIR, model: Dir = TRAIN_DIR, out: Dir = EXPORT_DIR) -> None:
-    """Export FP32 and PTQ INT8 ExecuTorch programs lowered to XNNPACK."""
+    """Export the FP32 ExecuTorch program and one INT8 candidate per quantization strategy, lowered to XNNPACK."""
     from edgeops.export import export as run
 
     result = run(dataset, model, out, Settings())
-    for name in ("fp32", "int8"):
-        program = getattr(result, name)
+    for name, program in (("fp32", result.fp32), *result.candidates.items()):
         console.print(
             f"{name}: {program.size_bytes:,} bytes, {program.delegated_ops} ops delegated to XNNPACK, "
             f"{program.non_delegated_ops} not → {out / program.file}"
@@ -138,7 +148,7 @@ def benchmark(
     executorch: Dir = EXPORT_DIR,
     out: Dir = BENCHMARK_DIR,
 ) -> None:
-    """Accuracy and latency of eager, FP32 and INT8 on the test split."""
+    """Accuracy and latency of eager, FP32 and every INT8 candidate on the test split."""
     from edgeops.benchmark import REPORT_FILE
     from edgeops.benchmark import benchmark as run
 
@@ -153,10 +163,15 @@ def verify(
     benchmark: Dir = BENCHMARK_DIR,
     out: Dir = VERIFY_DIR,
 ) -> None:
-    """Re-download the INT8 program from MLflow, check hash and shapes, apply the gates."""
+    """Pick the INT8 candidate that passes the gates (smallest, then fastest), re-download it from MLflow, check it."""
+    from edgeops.export import ExportedModels
     from edgeops.verify import verify as run
 
-    result = run(dataset, executorch, benchmark, out, Settings())
+    settings = Settings()
+    settings.gates = settings.gates_for(ExportedModels.load(executorch).spec.dataset)
+    result = run(dataset, executorch, benchmark, out, settings)
+    for verdict in result.candidates:
+        console.print(f"{'[green]✓[/]' if verdict.chosen else ' '} {verdict.strategy}: {verdict.reason}")
     for gate in result.gates:
         console.print(f"[green]✓[/] {gate.describe()}")
 
@@ -190,12 +205,14 @@ def main() -> None:
 def pipeline_run(
     manifest: Annotated[Path | None, typer.Option(help="session manifest (file -> label)")] = None,
     model_name: Annotated[str | None, typer.Option()] = None,
+    dataset: DatasetOption = "mat",
 ) -> None:
     """Run the compiled pipeline with KFP's local runner and print each stage's wall time."""
     from edgeops.pipeline import pipeline_arguments, run_local
 
     settings = Settings()
-    result = run_local(settings, pipeline_arguments(settings, manifest, model_name), settings.out_dir / "kfp")
+    arguments = pipeline_arguments(settings, manifest, model_name, parse_dataset(dataset))
+    result = run_local(settings, arguments, settings.out_dir / "kfp")
     _print_stage_times(result.stage_seconds, result.seconds)
 
 
@@ -203,12 +220,16 @@ def pipeline_run(
 def demo(
     manifest: Annotated[Path | None, typer.Option(help="session manifest (file -> label)")] = None,
     model_name: Annotated[str | None, typer.Option()] = None,
+    dataset: DatasetOption = "mat",
 ) -> None:
     """Start the stack, run the pipeline, then fetch and run the promoted model as a device would."""
     from edgeops.demo import run_demo
 
     settings = Settings()
-    summary = run_demo(settings, manifest or settings.session_manifest, model_name or settings.model_name)
+    track = parse_dataset(dataset)
+    summary = run_demo(
+        settings, manifest or settings.session_manifest, model_name or settings.model_name_for(track), track
+    )
     agent = summary["agent"]
     unchanged = agent["unchanged_poll"]
     if summary["created_release_keys"]:
@@ -220,7 +241,8 @@ def demo(
     rows = [
         ("dataset version", summary["dataset_version"]),
         ("MLflow run", summary["mlflow_run_url"]),
-        ("test windows", f"{summary['test_windows']:.0f} (newest time block of each recording)"),
+        ("test samples", f"{summary['test_samples']:.0f} ({summary['test_split']})"),
+        ("INT8 candidate promoted", f"{summary['int8_strategy']}: {summary['int8_strategy_reason']}"),
         (
             "accuracy eager / FP32 / INT8",
             f"{summary['eager_accuracy']:.4f} / {summary['fp32_accuracy']:.4f} / {summary['int8_accuracy']:.4f}",
@@ -245,9 +267,12 @@ def demo(
         ("manifest", summary["manifest_url"]),
         ("model", summary["model_url"]),
     ]
-    for file, result in summary["device_check"]["predictions"].items():
+    for source, result in summary["device_check"]["predictions"].items():
         rows.append(
-            (f"device: {file}", f"{result['agreement']:.0%} of {result['windows']} windows read as '{result['label']}'")
+            (
+                f"device: {source}",
+                f"{result['agreement']:.0%} of {result['samples']} samples read as '{result['label']}'",
+            )
         )
     for name, value in rows:
         table.add_row(name, value)
@@ -448,6 +473,44 @@ def bench_ota(
         f"median {summary['running_s_median']:.2f} s after promote() returned "
         f"(at worst {summary['running_since_promote_started_s_max']:.2f} s after it began) "
         f"({len(summary['trials'])} promotions); summary: {settings.out_dir / 'bench-ota' / 'summary.json'}"
+    )
+
+
+@app.command("bench")
+def bench(
+    dataset: DatasetOption = "pmd",
+    runs: Annotated[int, typer.Option(min=1, help="timed calls per engine and thread count")] = 1000,
+    rounds: Annotated[int, typer.Option(min=1, help="interleaved rounds per ratio pair")] = 1000,
+    memory: Annotated[bool, typer.Option(help="peak memory of each engine in a fresh process")] = True,
+) -> None:
+    """The production model under PyTorch eager, ExecuTorch FP32/INT8 and ONNX Runtime FP32/INT8, side by side."""
+    from edgeops.bench import PEER_ARTIFACT_DIR, peer_bench
+    from edgeops.peer import REPORT_FILE, PeerConfig
+
+    settings = Settings()
+    out = settings.out_dir / "bench"
+    config = PeerConfig(latency_runs=runs, interleaved_rounds=rounds, measure_memory=memory)
+    peer_bench(settings, out, config, parse_dataset(dataset), console.print)
+    console.print((out / REPORT_FILE).read_text())
+    console.print(f"report: {out / REPORT_FILE} (also in the model's MLflow run under {PEER_ARTIFACT_DIR}/)")
+
+
+@app.command("bench-loso")
+def bench_loso(
+    subjects: Annotated[list[str] | None, typer.Option("--subject", help="repeat; default: every PMD subject")] = None,
+    strategy: Annotated[str, typer.Option(help="INT8 quantization strategy")] = "qat",
+) -> None:
+    """Leave-one-subject-out on PMD: per-subject and mean accuracy, FP32 and INT8."""
+    from edgeops.bench import LOSO_REPORT, loso
+    from edgeops.settings import parse_strategy
+
+    settings = Settings()
+    out = settings.out_dir / "bench-loso"
+    result = loso(settings, out, subjects, parse_strategy(strategy), console.print)
+    console.print((out / LOSO_REPORT).read_text())
+    console.print(
+        f"mean accuracy over {len(result.folds)} held-out subjects: FP32 [bold]{result.mean_fp32:.4f}[/], "
+        f"INT8 [bold]{result.mean_int8:.4f}[/]; report: {out / LOSO_REPORT}"
     )
 
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import tempfile
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from edgeops import stack, tracking
+from edgeops import pmd, stack, tracking
 from edgeops.agent import Agent
 from edgeops.errors import VerificationError
 from edgeops.ingest import read_manifest, read_recording, windows
@@ -19,8 +20,9 @@ from edgeops.pipeline import pipeline_arguments, run_local
 from edgeops.promote import manifest_key
 from edgeops.release import ROOT_FILE, init_keys
 from edgeops.runtime import Program
-from edgeops.settings import Settings
+from edgeops.settings import DatasetName, Settings
 from edgeops.storage import sha256_bytes
+from edgeops.verify import CANDIDATES_ARTIFACT
 
 
 def http_get(url: str) -> bytes:
@@ -29,8 +31,26 @@ def http_get(url: str) -> bytes:
         return bytes(response.read())
 
 
+def mat_samples(settings: Settings, manifest_path: Path, window: int) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """(source, true label, [n, window, channels] Pa) for every recording, in non-overlapping windows."""
+    for recording_path, label in read_manifest(manifest_path, settings.dataset):
+        recording = read_recording(recording_path, label, settings.dataset)
+        frames = windows(recording.pressures, window, window).astype(np.float32)
+        yield recording.source.file, label, torch.from_numpy(frames)
+
+
+def pmd_samples(settings: Settings, labels: list[str]) -> Iterator[tuple[str, str, torch.Tensor]]:
+    """(subject/posture, true label, [n, 1, rows, cols] raw maps) for the held-out test subjects."""
+    data = pmd.load_subjects(settings.pmd, settings.pmd.test_subjects)
+    for subject in settings.pmd.test_subjects:
+        for index, label in enumerate(labels):
+            rows = (data.subjects == subject) & (data.labels == index)
+            if rows.any():
+                yield f"{subject} {label}", label, torch.from_numpy(data.frames[rows])
+
+
 def device_check(settings: Settings, model_name: str, manifest_path: Path) -> dict[str, Any]:
-    """Poll latest.json, download the model, check its hash, classify every recording's frames."""
+    """Poll latest.json, download the model, check its hash, classify real samples with it."""
     manifest = json.loads(http_get(settings.ota_url(manifest_key(model_name))))
     blob = http_get(settings.ota_url(manifest["model_key"]))
     actual = sha256_bytes(blob)
@@ -38,20 +58,22 @@ def device_check(settings: Settings, model_name: str, manifest_path: Path) -> di
         raise VerificationError(
             f"downloaded model has sha256 {actual} ({len(blob)} bytes); manifest says {manifest['sha256']}"
         )
-    window = manifest["input"]["shape"][1]
     labels = manifest["labels"]
+    samples = (
+        pmd_samples(settings, labels)
+        if manifest["dataset"] == "pmd"
+        else mat_samples(settings, manifest_path, manifest["input"]["shape"][1])
+    )
     predictions: dict[str, dict[str, Any]] = {}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "model.pte"
         path.write_bytes(blob)
         program = Program(path)
-        for recording_path, label in read_manifest(manifest_path, settings.dataset):
-            recording = read_recording(recording_path, label, settings.dataset)
-            frames = torch.from_numpy(windows(recording.pressures, window, window).astype(np.float32))
-            predicted = [labels[int(program(frames[i : i + 1]).argmax())] for i in range(len(frames))]
-            predictions[recording.source.file] = {
+        for source, label, x in samples:
+            predicted = [labels[int(program(x[i : i + 1]).argmax())] for i in range(len(x))]
+            predictions[source] = {
                 "label": label,
-                "windows": len(predicted),
+                "samples": len(predicted),
                 "agreement": sum(p == label for p in predicted) / len(predicted),
             }
     return {"manifest": manifest, "sha256_verified": True, "predictions": predictions}
@@ -82,17 +104,39 @@ def agent_install(settings: Settings, model_name: str) -> dict[str, Any]:
     }
 
 
-def run_demo(settings: Settings, manifest_path: Path, model_name: str) -> dict[str, Any]:
+# What "held-out" means in each track, for the summary.
+TEST_SPLITS: dict[DatasetName, str] = {
+    "mat": "the newest time block of each recording",
+    "pmd": "subjects never seen in training",
+}
+
+
+def verify_candidates(settings: Settings, run_id: str) -> list[dict[str, Any]]:
+    """Verify's judgement of every INT8 candidate, as logged to the run."""
+    with tempfile.TemporaryDirectory() as scratch:
+        path = tracking.client(settings).download_artifacts(run_id, CANDIDATES_ARTIFACT, scratch)
+        candidates: list[dict[str, Any]] = json.loads(Path(path).read_text())
+    return candidates
+
+
+def run_demo(settings: Settings, manifest_path: Path, model_name: str, dataset: DatasetName = "mat") -> dict[str, Any]:
+    if dataset == "pmd":
+        pmd.experiment_dir(settings.pmd)  # no data: say so before starting anything
     created_keys = ensure_release_keys(settings)
     stack.start(settings)
-    pipeline = run_local(settings, pipeline_arguments(settings, manifest_path, model_name), settings.out_dir / "kfp")
+    arguments = pipeline_arguments(settings, manifest_path, model_name, dataset)
+    pipeline = run_local(settings, arguments, settings.out_dir / "kfp")
     device = device_check(settings, model_name, manifest_path)
     agent = agent_install(settings, model_name)
     manifest = device["manifest"]
     run = tracking.client(settings).get_run(manifest["source_run_id"])
     metrics = run.data.metrics
+    candidates = verify_candidates(settings, run.info.run_id)
+    chosen = next(candidate for candidate in candidates if candidate["chosen"])
     summary: dict[str, Any] = {
         "model_name": model_name,
+        "dataset": dataset,
+        "model": arguments["model"],
         "dataset_version": manifest["dataset_version"],
         "mlflow_tracking_uri": settings.tracking_uri,
         "mlflow_run_id": run.info.run_id,
@@ -101,7 +145,17 @@ def run_demo(settings: Settings, manifest_path: Path, model_name: str) -> dict[s
         "fp32_accuracy": metrics["fp32_accuracy"],
         "int8_accuracy": metrics["int8_accuracy"],
         "int8_accuracy_drop": metrics["int8_accuracy_drop"],
-        "test_windows": manifest["metrics"]["test_windows"],
+        "test_samples": manifest["metrics"]["test_samples"],
+        "test_split": TEST_SPLITS[dataset],
+        "int8_strategy": chosen["strategy"],
+        "int8_strategy_reason": chosen["reason"],
+        "int8_candidates": {
+            candidate["strategy"]: {key: candidate[key] for key in ("size_bytes", "p50_ms", "accuracy", "reason")}
+            for candidate in candidates
+        },
+        "parameters": int(metrics["parameters"]),
+        "int8_bytes_per_param": metrics["int8_bytes_per_param"],
+        "int8_size_ratio": metrics["fp32_size_bytes"] / metrics["int8_size_bytes"],
         "fp32_latency_p50_ms": metrics["fp32_latency_p50_ms"],
         "int8_latency_p50_ms": metrics["int8_latency_p50_ms"],
         "int8_latency_p95_ms": metrics["int8_latency_p95_ms"],

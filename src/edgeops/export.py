@@ -1,27 +1,41 @@
-"""PTQ export: FP32 and INT8 ExecuTorch programs lowered to XNNPACK.
+"""Export: the FP32 ExecuTorch program and one INT8 candidate per quantization strategy, lowered to XNNPACK.
 
-INT8 follows PT2E post-training quantization: export, insert observers with
-XNNPACKQuantizer (symmetric, per-channel weights), calibrate on training
-windows, convert, lower.
+Strategies (settings.quantize.strategies), all PT2E with XNNPACKQuantizer's symmetric config:
+- `ptq_per_tensor`: post-training, one scale per weight tensor, calibrated on training samples;
+- `ptq_per_channel`: post-training, one scale per output channel;
+- `qat`: quantization-aware fine-tuning of the trained weights (per-channel fake quantization).
+Verify later promotes the smallest, fastest candidate that passes the gates.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+import numpy as np
 import torch
 from pydantic import BaseModel
 
 from edgeops import tracking
-from edgeops.ingest import load_splits
+from edgeops.ingest import Splits, load_splits
 from edgeops.model import ModelSpec
 from edgeops.records import StageRecord
-from edgeops.settings import Settings
+from edgeops.settings import QuantizeConfig, Settings, Strategy
 from edgeops.storage import sha256_file
-from edgeops.train import load_model
+from edgeops.train import Recipe, fit, load_model, recipe_for
+
+if TYPE_CHECKING:
+    from torchao.quantization.pt2e.quantizer import Quantizer
 
 INFO_FILE = "export.json"
 ARTIFACT_DIR = "executorch"
+CALIBRATION_BATCH = 64
+STRATEGY_DESCRIPTIONS: dict[Strategy, str] = {
+    "ptq_per_tensor": "PTQ, per-tensor weights, symmetric int8",
+    "ptq_per_channel": "PTQ, per-channel weights, symmetric int8",
+    "qat": "QAT (PT2E fake quantization), symmetric int8",
+}
 
 
 class Program(BaseModel):
@@ -33,10 +47,18 @@ class Program(BaseModel):
     delegated_ops: int
     non_delegated_ops: int
     artifact_path: str  # inside the MLflow run
+    seconds: float = 0.0  # quantize (and fine-tune) plus lower
 
     @property
     def delegated_fraction(self) -> float:
         return self.delegated_ops / max(1, self.delegated_ops + self.non_delegated_ops)
+
+
+class Candidate(Program):
+    """An INT8 program built by one strategy."""
+
+    strategy: Strategy
+    description: str
 
 
 class ExportedModels(StageRecord):
@@ -44,9 +66,10 @@ class ExportedModels(StageRecord):
     spec: ModelSpec
     dataset_version: str
     run_id: str
+    parameters: int
     fp32: Program
-    int8: Program
-    calibration_windows: int
+    candidates: dict[str, Candidate]  # strategy -> INT8 program
+    calibration_samples: int
 
 
 def lower(exported: torch.export.ExportedProgram, path: Path, artifact_path: str) -> Program:
@@ -67,44 +90,158 @@ def lower(exported: torch.export.ExportedProgram, path: Path, artifact_path: str
     )
 
 
-def quantize(model: torch.nn.Module, example: tuple[torch.Tensor], calibration: torch.Tensor) -> torch.nn.Module:
+def quantizer_for(strategy: Strategy, qat_per_channel: bool = False) -> Quantizer:
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
-    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     quantizer = XNNPACKQuantizer()
-    quantizer.set_global(get_symmetric_quantization_config(is_per_channel=True))
-    prepared = prepare_pt2e(torch.export.export(model, example).module(), quantizer)
+    quantizer.set_global(
+        get_symmetric_quantization_config(
+            is_per_channel=strategy == "ptq_per_channel" or (strategy == "qat" and qat_per_channel),
+            is_qat=strategy == "qat",
+        )
+    )
+    return quantizer
+
+
+def capture(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
+    """The model as a graph with a dynamic batch, so calibration and fine-tuning run in batches."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    pair = example.expand(2, *example.shape[1:]).clone()  # batch 1 would be specialised
+    return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)).module()
+
+
+def ptq(
+    model: torch.nn.Module, strategy: Strategy, example: torch.Tensor, calibration: torch.Tensor
+) -> torch.nn.Module:
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    prepared = prepare_pt2e(capture(model.eval(), example), quantizer_for(strategy))
     with torch.no_grad():
-        for sample in calibration:
-            prepared(sample.unsqueeze(0))
-    return convert_pt2e(prepared)
+        for start in range(0, len(calibration), CALIBRATION_BATCH):
+            prepared(calibration[start : start + CALIBRATION_BATCH])
+    return drop_unused_attributes(convert_pt2e(prepared))
+
+
+def qat(
+    model: torch.nn.Module,
+    example: torch.Tensor,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    recipe: Recipe,
+    per_channel: bool = False,
+) -> torch.fx.GraphModule:
+    """Fine-tune with fake quantization from the trained weights (batch norm folded in training mode)."""
+    from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
+
+    prepared = prepare_qat_pt2e(capture(model.train(), example), quantizer_for("qat", per_channel))
+    allow_exported_model_train_eval(prepared)
+    fit(prepared, *train, *val, recipe)
+    move_exported_model_to_eval(prepared)
+    return drop_unused_attributes(convert_pt2e(prepared))
+
+
+def drop_unused_attributes(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
+    """Delete parameters and buffers the graph no longer reads.
+
+    QAT's convert folds batch norm into the convolutions but leaves the batch-norm tensors on the
+    module; export would lift them as program inputs and the `.pte` would carry ~8 % dead weight.
+    """
+    graph.graph.eliminate_dead_code()
+    read = {node.target for node in graph.graph.nodes if node.op == "get_attr"}
+    for name, _ in [*graph.named_parameters(), *graph.named_buffers()]:
+        if name not in read:
+            owner, _, attribute = name.rpartition(".")
+            delattr(graph.get_submodule(owner), attribute)
+    graph.delete_all_unused_submodules()
+    graph.recompile()
+    return graph
+
+
+def evenly_spaced(samples: int, count: int) -> np.ndarray:
+    """Indices of `count` samples spread over all `samples` (subjects and postures are stored in runs)."""
+    return np.unique(np.linspace(0, samples - 1, min(samples, count)).round().astype(np.int64))
+
+
+def qat_recipe(base: Recipe, config: QuantizeConfig) -> Recipe:
+    """The training recipe, gentler: few epochs at a small constant learning rate."""
+    return Recipe(
+        epochs=config.qat_epochs,
+        batch_size=base.batch_size,
+        learning_rate=config.qat_learning_rate,
+        weight_decay=base.weight_decay,
+        label_smoothing=base.label_smoothing,
+        augment=base.augment,
+        seed=base.seed,
+        freeze_norm=config.qat_freeze_norm,
+    )
+
+
+def quantize(
+    model: torch.nn.Module, strategy: Strategy, splits: Splits, recipe: Recipe, config: QuantizeConfig
+) -> torch.fx.GraphModule:
+    """The trained `model` quantized by `strategy`, calibrated (or fine-tuned) on the training split."""
+    x_train, y_train = splits["train"]
+    calibration = torch.from_numpy(x_train[evenly_spaced(len(x_train), config.calibration_samples)])
+    example = calibration[:1]
+    if strategy != "qat":
+        return ptq(model, strategy, example, calibration)
+    picked = evenly_spaced(len(x_train), config.qat_samples)
+    train = torch.from_numpy(x_train[picked]), torch.from_numpy(y_train[picked])
+    x_val, y_val = splits["val"]
+    kept = evenly_spaced(len(y_val), config.qat_samples // 4)  # judges the fine-tuned epoch; kept small
+    val = torch.from_numpy(x_val[kept]), torch.from_numpy(y_val[kept])
+    return qat(model, example, train, val, qat_recipe(recipe, config), config.qat_per_channel)
 
 
 def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings) -> ExportedModels:
+    config = settings.quantize
+    if not config.strategies:
+        raise ValueError("settings.quantize.strategies is empty: nothing to export")
     trained, model = load_model(model_dir)
-    calibration = torch.from_numpy(load_splits(dataset_dir)["train"][0])
-    example = (calibration[:1],)
+    splits = load_splits(dataset_dir)
+    x_train = splits["train"][0]
+    example = torch.from_numpy(x_train[:1])
     out_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_flush_denormal(True)
 
-    fp32 = lower(torch.export.export(model, example), out_dir / "model_fp32.pte", f"{ARTIFACT_DIR}/model_fp32.pte")
-    quantized = quantize(model, example, calibration)
-    int8 = lower(torch.export.export(quantized, example), out_dir / "model_int8.pte", f"{ARTIFACT_DIR}/model_int8.pte")
+    started = time.perf_counter()
+    fp32 = lower(torch.export.export(model, (example,)), out_dir / "model_fp32.pte", f"{ARTIFACT_DIR}/model_fp32.pte")
+    fp32.seconds = time.perf_counter() - started
+    print(f"fp32: {fp32.size_bytes:,} bytes in {fp32.seconds:.1f} s")
+
+    recipe = recipe_for(trained.spec.architecture, settings, trained.spec.labels)
+    candidates: dict[str, Candidate] = {}
+    for strategy in dict.fromkeys(config.strategies):
+        started = time.perf_counter()
+        # QAT changes weights in place; every strategy starts from the trained ones.
+        quantized = quantize(load_model(model_dir)[1], strategy, splits, recipe, config)
+        name = f"model_int8_{strategy}.pte"
+        program = lower(torch.export.export(quantized, (example,)), out_dir / name, f"{ARTIFACT_DIR}/{name}")
+        program.seconds = time.perf_counter() - started
+        description = STRATEGY_DESCRIPTIONS[strategy]
+        if strategy == "qat":
+            description += f", {'per-channel' if config.qat_per_channel else 'per-tensor'} weights"
+        candidates[strategy] = Candidate(**program.model_dump(), strategy=strategy, description=description)
+        print(f"{strategy}: {program.size_bytes:,} bytes in {program.seconds:.1f} s")
+
     result = ExportedModels(
         spec=trained.spec,
         dataset_version=trained.dataset_version,
         run_id=trained.run_id,
+        parameters=trained.parameters,
         fp32=fp32,
-        int8=int8,
-        calibration_windows=len(calibration),
+        candidates=candidates,
+        calibration_samples=len(evenly_spaced(len(x_train), config.calibration_samples)),
     )
 
     import mlflow
 
     with tracking.resume_run(settings, trained.run_id):
-        for name, program in (("fp32", fp32), ("int8", int8)):
+        for name, program in (("fp32", fp32), *candidates.items()):
             mlflow.log_artifact(str(out_dir / program.file), ARTIFACT_DIR)
             mlflow.set_tag(f"{name}_sha256", program.sha256)
             mlflow.log_metrics(
@@ -112,12 +249,17 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
                     f"{name}_size_bytes": program.size_bytes,
                     f"{name}_delegated_ops": program.delegated_ops,
                     f"{name}_non_delegated_ops": program.non_delegated_ops,
+                    f"{name}_export_seconds": program.seconds,
                 }
             )
         mlflow.log_params(
             {
-                "export.quantizer": "XNNPACKQuantizer symmetric per-channel",
-                "export.calibration_windows": len(calibration),
+                "export.quantizer": "XNNPACKQuantizer symmetric",
+                "export.strategies": ",".join(candidates),
+                "export.calibration_samples": result.calibration_samples,
+                "export.qat_epochs": config.qat_epochs,
+                "export.qat_samples": config.qat_samples,
+                "export.qat_learning_rate": config.qat_learning_rate,
             }
         )
         mlflow.log_dict(result.model_dump(mode="json"), f"{ARTIFACT_DIR}/export.json")

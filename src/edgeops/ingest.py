@@ -15,19 +15,19 @@ import posixpath
 import tempfile
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import BaseModel
 
 from edgeops.errors import InputError
-from edgeops.records import StageRecord
-from edgeops.settings import DatasetConfig, Settings
+from edgeops.records import DatasetRecord
+from edgeops.settings import DatasetConfig, Settings, parse_dataset
 from edgeops.storage import get_if_present, put_if_absent, s3_client, sha256_bytes
 
 SPLITS = ("train", "val", "test")
 DATA_FILE = "dataset.npz"
-INFO_FILE = "dataset.json"
+INFO_FILE = DatasetRecord.record_file
 
 
 class Source(BaseModel):
@@ -44,20 +44,14 @@ class Recording(BaseModel, arbitrary_types_allowed=True):
     arrivals: list[datetime]  # host time each frame arrived, strictly increasing
 
 
-class DatasetInfo(StageRecord):
-    record_file = INFO_FILE
-    version: str
-    labels: list[str]
+class DatasetInfo(DatasetRecord):
+    """The mat track's dataset: windows of consecutive frames, split by time inside each recording."""
+
+    dataset: Literal["mat"] = "mat"
     channels: list[str]
     window: int
     config: DatasetConfig
     sources: list[Source]
-    windows: dict[str, int]
-    run_id: str = ""
-
-    @property
-    def input_shape(self) -> list[int]:
-        return [1, self.window, len(self.channels)]
 
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]
@@ -292,14 +286,33 @@ def ingest(manifest: Path | str, out_dir: Path, settings: Settings) -> DatasetIn
     info = DatasetInfo(
         version=version,
         labels=config.labels,
+        input_shape=[1, config.window, len(config.channel_columns)],
+        input_units="Pa",
+        input_layout="[batch, frame, chamber], oldest frame first",
+        samples={split: len(splits[split][1]) for split in SPLITS},
+        description=(
+            f"Decides whether a person is on the haptic mat from {config.window} consecutive BLE frames of its "
+            f"{len(config.channel_columns)} air-chamber pressures. Dataset from {len(sources)} recordings, split "
+            "by time blocks inside each recording (train oldest, test newest)."
+        ),
         channels=config.channel_columns,
         window=config.window,
         config=config,
         sources=sources,
-        windows={split: len(splits[split][1]) for split in SPLITS},
     )
     save_splits(splits, out_dir)
-    prefix = f"datasets/{version}"
+    publish_dataset(
+        info, splits, out_dir, {f"dataset.{key}": value for key, value in config.model_dump().items()}, settings
+    )
+    return info
+
+
+def publish_dataset(
+    info: DatasetRecord, splits: Splits, out_dir: Path, params: dict[str, Any], settings: Settings
+) -> None:
+    """Archive the dataset to the raw bucket and open the pipeline run's MLflow run; sets `info.run_id`, saves it."""
+    s3 = s3_client(settings)
+    prefix = f"datasets/{info.version}"
     s3.upload_file(str(out_dir / DATA_FILE), settings.raw_bucket, f"{prefix}/{DATA_FILE}")
     s3.put_object(
         Bucket=settings.raw_bucket,
@@ -312,18 +325,25 @@ def ingest(manifest: Path | str, out_dir: Path, settings: Settings) -> DatasetIn
 
     from edgeops import tracking
 
-    with tracking.start_run(settings, run_name=f"{settings.model_name}-{version}") as run:
-        mlflow.set_tags({"dataset_version": version, "model_name": settings.model_name})
-        mlflow.log_params({f"dataset.{key}": value for key, value in config.model_dump().items()})
+    with tracking.start_run(settings, run_name=f"{settings.model_name}-{info.version}") as run:
+        mlflow.set_tags({"dataset_version": info.version, "dataset": info.dataset, "model_name": settings.model_name})
+        mlflow.log_params(params)
         for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
             x, y = splits[split]
             dataset = mlflow.data.from_numpy(
-                x, targets=y, source=f"s3://{settings.raw_bucket}/{prefix}/{DATA_FILE}", name=f"{version}-{split}"
+                x, targets=y, source=f"s3://{settings.raw_bucket}/{prefix}/{DATA_FILE}", name=f"{info.version}-{split}"
             )
             mlflow.log_input(dataset, context=context)
-        mlflow.log_metrics({f"dataset_{split}_windows": count for split, count in info.windows.items()})
+        mlflow.log_metrics({f"dataset_{split}_samples": count for split, count in info.samples.items()})
         info.run_id = run.info.run_id
         mlflow.log_dict(info.model_dump(mode="json"), "dataset/dataset.json")
-
     info.save(out_dir)
-    return info
+
+
+def ingest_dataset(dataset: str, manifest: Path | str, out_dir: Path, settings: Settings) -> DatasetRecord:
+    """The dataset stage of either track: mat recordings listed by `manifest`, or PMD from settings.pmd.data_dir."""
+    if parse_dataset(dataset) == "pmd":
+        from edgeops import pmd
+
+        return pmd.ingest(out_dir, settings)
+    return ingest(manifest, out_dir, settings)

@@ -1,4 +1,4 @@
-"""The mat-occupancy network. It takes raw Pa and carries its own normalisation."""
+"""The two networks, mat occupancy and in-bed posture. Each takes raw sensor values and carries its normalisation."""
 
 from __future__ import annotations
 
@@ -6,18 +6,21 @@ import torch
 from pydantic import BaseModel
 from torch import nn
 
+from edgeops.settings import Architecture, DatasetName
+
 
 class ModelSpec(BaseModel):
     """What it takes to rebuild the network and to feed it on a device."""
 
+    architecture: Architecture
+    dataset: DatasetName  # the track whose data it was trained on
     labels: list[str]
-    window: int
-    channels: int
-    hidden: int
-
-    @property
-    def input_shape(self) -> list[int]:
-        return [1, self.window, self.channels]
+    input_shape: list[int]  # batch 1
+    input_units: str
+    input_layout: str
+    hidden: int = 32  # mat-mlp
+    width_mult: float = 1.0  # mobilenet_v2
+    full_scale: float = 4095.0  # mobilenet_v2: sensor maximum
 
     @property
     def output_shape(self) -> list[int]:
@@ -57,15 +60,19 @@ class MatOccupancyNet(nn.Module):
 
     def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        self.features = PressureFeatures(spec.channels)
+        _, window, channels = spec.input_shape
+        self.features = PressureFeatures(channels)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(spec.window * 2 * spec.channels, spec.hidden),
+            nn.Linear(window * 2 * channels, spec.hidden),
             nn.ReLU(),
             nn.Linear(spec.hidden, spec.hidden),
             nn.ReLU(),
             nn.Linear(spec.hidden, len(spec.labels)),
         )
+
+    def fit(self, pressure: torch.Tensor) -> None:
+        self.features.fit(pressure)
 
     def forward(self, pressure: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(pressure))
@@ -83,7 +90,9 @@ class PostureNet(nn.Module):
         super().__init__()
         from torchvision.models import mobilenet_v2
 
-        self.register_buffer("full_scale", torch.tensor(full_scale))
+        # A constant, not a buffer: exported as a fixed clamp bound, XNNPACK runs the clamp inside
+        # its delegate (a buffer bound becomes a graph input, and the clamp falls out of the delegate).
+        self.full_scale = float(full_scale)
         self.register_buffer("mean", torch.tensor(0.0))
         self.register_buffer("std", torch.tensor(1.0))
         network = mobilenet_v2(num_classes=classes, width_mult=width_mult)
@@ -93,12 +102,21 @@ class PostureNet(nn.Module):
         )
         self.network = network
 
+    def scaled(self, frames: torch.Tensor) -> torch.Tensor:
+        return frames.clamp(0.0, self.full_scale) / self.full_scale
+
     def fit(self, frames: torch.Tensor) -> None:
         """Standardisation from the training split, kept as buffers so it is exported with the weights."""
-        scaled = frames.clamp(0, self.full_scale) / self.full_scale
+        scaled = self.scaled(frames)
         self.mean.copy_(scaled.mean())
         self.std.copy_(scaled.std().clamp_min(1e-6))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        scaled = frames.clamp(0, self.full_scale) / self.full_scale
-        return self.network((scaled - self.mean) / self.std)
+        return self.network((self.scaled(frames) - self.mean) / self.std)
+
+
+def build_model(spec: ModelSpec) -> MatOccupancyNet | PostureNet:
+    """A fresh network for `spec`; call `fit` on training inputs before training."""
+    if spec.architecture == "mobilenet_v2":
+        return PostureNet(len(spec.labels), spec.full_scale, spec.width_mult)
+    return MatOccupancyNet(spec)

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from pydantic import BaseModel
 
 from edgeops.errors import EdgeopsError
-from edgeops.settings import Settings
+from edgeops.settings import DatasetName, Settings
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 STARTED = re.compile(r"Executing task '([\w-]+)'")
@@ -82,6 +82,7 @@ def task_environment(settings: Settings) -> Iterator[None]:
         "EDGEOPS_MLFLOW_TRACKING_URI": settings.tracking_uri,
         "EDGEOPS_STATE_DIR": str(settings.state_dir.resolve()),
         "EDGEOPS_RELEASE__KEYS_DIR": str(settings.release.keys_dir.expanduser().resolve()),
+        "EDGEOPS_PMD__DATA_DIR": str(settings.pmd.data_dir.resolve()),
         "PYTHONWARNINGS": "ignore::FutureWarning",
     }
     saved = {name: os.environ.get(name) for name in task_env}
@@ -97,14 +98,20 @@ def task_environment(settings: Settings) -> Iterator[None]:
 
 
 def pipeline_arguments(
-    settings: Settings, manifest: Path | None = None, model_name: str | None = None
+    settings: Settings,
+    manifest: Path | None = None,
+    model_name: str | None = None,
+    dataset: DatasetName = "mat",
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """Pipeline parameters from settings, so EDGEOPS_* overrides reach the compiled pipeline too."""
+    """Pipeline parameters for one track from settings, so EDGEOPS_* overrides reach the compiled pipeline too."""
     return {
+        "dataset": dataset,
+        "model": model or settings.architecture_for(dataset),
         "session_manifest": str(manifest or settings.session_manifest),
-        "model_name": model_name or settings.model_name,
+        "model_name": model_name or settings.model_name_for(dataset),
         "channel": settings.release.channel,
-        **settings.gates.model_dump(),
+        **settings.gates_for(dataset).model_dump(),
     }
 
 

@@ -24,15 +24,15 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 import numpy as np
 from pydantic import BaseModel
 
 from edgeops.errors import EdgeopsError, InputError
-from edgeops.ingest import INFO_FILE, SPLITS, Splits, save_splits
-from edgeops.records import StageRecord
-from edgeops.settings import PmdConfig
+from edgeops.ingest import SPLITS, Splits, load_splits, publish_dataset, save_splits
+from edgeops.records import DatasetRecord
+from edgeops.settings import PmdConfig, Settings
 from edgeops.storage import sha256_bytes, sha256_file
 
 SUMS_FILE = "SHA256SUMS.txt"
@@ -415,24 +415,19 @@ def dataset_version(data: PmdData, split_subjects: Mapping[str, Sequence[str]]) 
     return f"ds-{digest[:12]}"
 
 
-class PmdDatasetInfo(StageRecord):
+class PmdDatasetInfo(DatasetRecord):
     """What the PMD dataset stage leaves for train, export and verify."""
 
-    record_file = INFO_FILE
-    version: str
+    dataset: Literal["pmd"] = "pmd"
     experiment: str
     label_set: str
-    labels: list[str]
-    input_shape: list[int]  # [1, 1, rows, cols]: one frame per inference
     value_range: tuple[float, float]  # min and max raw sensor value in the kept frames
     drop_rules: DropRules
     subjects: dict[str, list[str]]
-    frames: dict[str, int]
     dropped: dict[str, int]
     dropped_by_subject: dict[str, dict[str, int]]
     checksums_verified: int  # files checked against SHA256SUMS.txt; 0 means not verified
     files: dict[str, str]  # "S1/1.txt" -> sha256
-    run_id: str = ""
 
 
 def dataset_info(
@@ -441,18 +436,29 @@ def dataset_info(
     split_subjects: Mapping[str, Sequence[str]],
     checksums_verified: int,
     experiment: str = DEFAULT_CONFIG.experiment,
+    full_scale: float = DEFAULT_CONFIG.max_value,
 ) -> PmdDatasetInfo:
     """The record of what went into the splits, so a model can be traced back to its data."""
+    labels = labels_for(data.label_set)
+    rows, cols = data.frames.shape[2:]
     return PmdDatasetInfo(
         version=dataset_version(data, split_subjects),
         experiment=experiment,
         label_set=data.label_set,
-        labels=labels_for(data.label_set),
+        labels=labels,
         input_shape=[1, *data.frames.shape[1:]],
+        input_units=f"raw pressure-sensor counts, 0 to {full_scale:g} (12-bit)",
+        input_layout=f"[batch, 1, {rows} rows head to foot, {cols} columns]",
+        samples={split: len(splits[split][1]) for split in SPLITS},
+        description=(
+            f"Classifies a person's in-bed posture ({', '.join(labels)}) from one {rows}x{cols} pressure map "
+            f"of PhysioNet PMD {experiment}. Split by subject: train {', '.join(split_subjects['train'])}; "
+            f"validation {', '.join(split_subjects['val'])}; test {', '.join(split_subjects['test'])}: "
+            "the model is judged on people it never saw."
+        ),
         value_range=(float(data.frames.min()), float(data.frames.max())),
         drop_rules=data.rules,
         subjects={split: list(split_subjects[split]) for split in SPLITS},
-        frames={split: len(splits[split][1]) for split in SPLITS},
         dropped={reason: data.dropped[reason] for reason in DROP_REASONS},
         dropped_by_subject={
             subject: {reason: count for reason, count in counts.items() if count}
@@ -472,9 +478,18 @@ def build(
     verified = verify_checksums(config.data_dir, config.experiment, chosen)
     data = load_subjects(config, chosen, rules)
     splits, split_subjects = split_by_subject(data, config.test_subjects, config.val_subjects)
-    info = dataset_info(data, splits, split_subjects, verified, config.experiment)
+    info = dataset_info(data, splits, split_subjects, verified, config.experiment, config.max_value)
     save_splits(splits, out_dir)
     info.save(out_dir)
+    return info
+
+
+def ingest(out_dir: Path, settings: Settings, subjects: Sequence[str] | None = None) -> PmdDatasetInfo:
+    """The PMD track's dataset stage: build, archive to the raw bucket, open the pipeline run's MLflow run."""
+    config = settings.pmd
+    info = build(config, out_dir, subjects)
+    params = {f"pmd.{key}": value for key, value in config.model_dump(exclude={"gates"}).items()}
+    publish_dataset(info, load_splits(out_dir), out_dir, params, settings)
     return info
 
 

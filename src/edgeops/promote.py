@@ -54,14 +54,15 @@ def build_release(verified: VerifiedModel, model_name: str, channel: str, regist
         registry_version=registry_version,
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         source_run_id=verified.run_id,
+        dataset=verified.spec.dataset,
         dataset_version=verified.dataset_version,
-        quantization="int8 pt2e per-channel",
+        quantization=verified.quantization,
         labels=verified.spec.labels,
         input={
             "shape": verified.spec.input_shape,
             "dtype": "float32",
-            "units": "Pa",
-            "layout": "[batch, frame, chamber], oldest frame first",
+            "units": verified.spec.input_units,
+            "layout": verified.spec.input_layout,
         },
         output={"shape": verified.spec.output_shape, "dtype": "float32", "kind": "logits"},
         metrics=verified.metrics,
@@ -77,7 +78,9 @@ def _register(client: Any, alias: str, model_name: str, verified: VerifiedModel)
     try:
         client.get_registered_model(model_name)
     except MlflowException:
-        client.create_registered_model(model_name, description="Mat occupancy, INT8 ExecuTorch for XNNPACK")
+        client.create_registered_model(
+            model_name, description=f"{verified.spec.architecture}, INT8 ExecuTorch for XNNPACK"
+        )
     try:
         previous: str | None = client.get_model_version_by_alias(model_name, alias).version
     except MlflowException:
@@ -98,11 +101,11 @@ def promote(
     model_name: str | None = None,
     channel: str | None = None,
 ) -> Promotion:
-    model_name = model_name or settings.model_name
     channel = channel or settings.release.channel
     if channel not in settings.release.channels:
         raise PromotionError(f"unknown channel '{channel}' (channels: {', '.join(settings.release.channels)})")
     verified = VerifiedModel.load(verified_dir)
+    model_name = model_name or settings.model_name_for(verified.spec.dataset)
     path = verified_dir / verified.file
     model_bytes = path.read_bytes()
     if sha256_bytes(model_bytes) != verified.sha256:

@@ -71,6 +71,7 @@ class Release(BaseModel):
     rollback_of: int | None = None
     created_at: str
     source_run_id: str = ""
+    dataset: str = "mat"  # the track: which sensor the model reads
     dataset_version: str = ""
     format: str = "executorch-pte"
     backend: str = "xnnpack"

@@ -1,8 +1,10 @@
-"""Train: fit the network on the training split, pick the epoch with the best validation loss."""
+"""Train: fit the track's network on the training split, keep the epoch with the best validation loss."""
 
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +12,17 @@ import torch
 from torch import nn
 
 from edgeops import tracking
-from edgeops.ingest import DatasetInfo, load_splits
-from edgeops.model import MatOccupancyNet, ModelSpec
-from edgeops.records import StageRecord
-from edgeops.settings import Settings
+from edgeops.ingest import Splits, load_splits
+from edgeops.model import ModelSpec, build_model
+from edgeops.records import DatasetRecord, StageRecord
+from edgeops.settings import Architecture, PostureTrainConfig, Settings, parse_architecture
 
 WEIGHTS_FILE = "model.pt"
 INFO_FILE = "model.json"
+MODEL_ARTIFACT_DIR = "model"
+EVAL_BATCH = 512
+
+Augment = Callable[[torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 class TrainedModel(StageRecord):
@@ -28,84 +34,232 @@ class TrainedModel(StageRecord):
     val_accuracy: float
     val_loss: float
     parameters: int
+    train_samples: int
+    recipe: dict[str, float | int | str | bool]
 
 
-def load_model(directory: Path) -> tuple[TrainedModel, MatOccupancyNet]:
+@dataclass
+class Recipe:
+    """How one network is fitted: the mat MLP and MobileNetV2 differ only in these numbers."""
+
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    seed: int
+    weight_decay: float = 0.0
+    one_cycle: bool = False  # one-cycle learning rate (warm-up, then anneal) instead of a constant one
+    label_smoothing: float = 0.0
+    train_stride: int = 1  # each epoch trains on every k-th sample, starting one further along each time
+    augment: Augment | None = None
+    # Train with batch norm on its running statistics (and dropout off): QAT fine-tuning of a converged
+    # network, where small augmented batches would otherwise drag the statistics around.
+    freeze_norm: bool = False
+
+
+def load_model(directory: Path) -> tuple[TrainedModel, nn.Module]:
     info = TrainedModel.load(directory)
-    model = MatOccupancyNet(info.spec)
+    model = build_model(info.spec)
     model.load_state_dict(torch.load(directory / WEIGHTS_FILE, weights_only=True))
     return info, model.eval()
 
 
-def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
-        logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y).item()
-        accuracy = (logits.argmax(dim=1) == y).float().mean().item()
-    return loss, accuracy
+        return torch.cat([model(x[i : i + EVAL_BATCH]) for i in range(0, len(x), EVAL_BATCH)])
 
 
-def model_card(info: TrainedModel, dataset: DatasetInfo, settings: Settings) -> str:
+def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[float, float]:
+    """(cross-entropy, accuracy) in eval mode."""
+    model.eval()
+    logits = logits_of(model, x)
+    return nn.functional.cross_entropy(logits, y).item(), (logits.argmax(dim=1) == y).float().mean().item()
+
+
+def mirrored_labels(labels: list[str]) -> torch.Tensor:
+    """Index of each label's mirror image across the bed's long axis: 'right' <-> 'left', others unchanged."""
+    swapped = [label.replace("right", "\0").replace("left", "right").replace("\0", "left") for label in labels]
+    return torch.tensor([labels.index(name) if name in labels else i for i, name in enumerate(swapped)])
+
+
+def pressure_map_augmentation(config: PostureTrainConfig, labels: list[str]) -> Augment:
+    """What a real bed sees: the person a few cells up/down/sideways, heavier or lighter, sensor noise,
+    and lying the other way round (mirrored left-right, with 'right' and 'left' postures swapped).
+
+    Shifts fill with zeros (an empty cell reads 0), never wrap around; noise touches loaded cells only.
+    """
+    mirror = mirrored_labels(labels)
+
+    def augment(
+        frames: torch.Tensor, targets: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n, _, rows, cols = frames.shape
+        dr, dc = config.max_shift_rows, config.max_shift_cols
+        padded = nn.functional.pad(frames, (dc, dc, dr, dr))
+        row0 = torch.randint(0, 2 * dr + 1, (n,), generator=generator).tolist()
+        col0 = torch.randint(0, 2 * dc + 1, (n,), generator=generator).tolist()
+        shifted = torch.stack(
+            [padded[i, :, r : r + rows, c : c + cols] for i, (r, c) in enumerate(zip(row0, col0, strict=True))]
+        )
+        span = config.max_scale - config.min_scale
+        scale = config.min_scale + span * torch.rand(n, 1, 1, 1, generator=generator)
+        noise = config.noise_std * torch.randn(shifted.shape, generator=generator)
+        augmented = (shifted * scale + noise * (shifted > 0)).clamp_min(0)
+        if not config.mirror:
+            return augmented, targets
+        flip = torch.rand(n, generator=generator) < 0.5
+        augmented[flip] = augmented[flip].flip(-1)
+        return augmented, torch.where(flip, mirror[targets], targets)
+
+    return augment
+
+
+def recipe_for(architecture: Architecture, settings: Settings, labels: list[str]) -> Recipe:
+    if architecture == "mobilenet_v2":
+        config = settings.posture_train
+        return Recipe(
+            epochs=config.epochs,
+            batch_size=config.batch_size,
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
+            one_cycle=True,
+            label_smoothing=config.label_smoothing,
+            train_stride=config.train_stride,
+            augment=pressure_map_augmentation(config, labels),
+            seed=config.seed,
+        )
+    config_mat = settings.train
+    return Recipe(
+        epochs=config_mat.epochs,
+        batch_size=config_mat.batch_size,
+        learning_rate=config_mat.learning_rate,
+        seed=config_mat.seed,
+    )
+
+
+def prepare_torch(recipe: Recipe, settings: Settings) -> None:
+    """Seeds, determinism and CPU settings before a network is built and trained."""
+    if settings.posture_train.threads:
+        torch.set_num_threads(settings.posture_train.threads)
+    torch.set_flush_denormal(True)  # fresh MobileNetV2 weights produce denormals that slow training several-fold
+    torch.manual_seed(recipe.seed)
+    np.random.seed(recipe.seed)
+    torch.use_deterministic_algorithms(True)
+
+
+def fit(
+    model: nn.Module,
+    x_train: torch.Tensor,
+    y_train: torch.Tensor,
+    x_val: torch.Tensor,
+    y_val: torch.Tensor,
+    recipe: Recipe,
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None,
+) -> tuple[int, float, float]:
+    """Train `model` in place; leave it holding the weights of the epoch with the lowest validation loss.
+
+    Returns (best epoch, its validation loss, its validation accuracy). Also drives QAT fine-tuning.
+    """
+    generator = torch.Generator().manual_seed(recipe.seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
+    stride = recipe.train_stride
+    steps_per_epoch = max(-(-len(range(phase, len(x_train), stride)) // recipe.batch_size) for phase in range(stride))
+    scheduler = (
+        torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=recipe.learning_rate, total_steps=recipe.epochs * steps_per_epoch
+        )
+        if recipe.one_cycle
+        else None
+    )
+    best: tuple[float, int, float, dict[str, torch.Tensor]] | None = None
+    for epoch in range(1, recipe.epochs + 1):
+        model.train(not recipe.freeze_norm)
+        rows = torch.arange((epoch - 1) % stride, len(x_train), stride)
+        order = rows[torch.randperm(len(rows), generator=generator)]
+        total = 0.0
+        for start in range(0, len(order), recipe.batch_size):
+            batch = order[start : start + recipe.batch_size]
+            inputs, targets = x_train[batch], y_train[batch]
+            if recipe.augment is not None:
+                inputs, targets = recipe.augment(inputs, targets, generator)
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(inputs), targets, label_smoothing=recipe.label_smoothing)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            total += loss.item() * len(batch)
+        val_loss, val_accuracy = evaluate(model, x_val, y_val)
+        if on_epoch is not None:
+            on_epoch(epoch, {"train_loss": total / len(rows), "val_loss": val_loss, "val_accuracy": val_accuracy})
+        if best is None or val_loss < best[0]:
+            best = (val_loss, epoch, val_accuracy, copy.deepcopy(model.state_dict()))
+    assert best is not None
+    val_loss, best_epoch, val_accuracy, state = best
+    model.load_state_dict(state)
+    model.eval()
+    return best_epoch, val_loss, val_accuracy
+
+
+def training_tensors(splits: Splits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x_train, y_train = (torch.from_numpy(a) for a in splits["train"])
+    x_val, y_val = (torch.from_numpy(a) for a in splits["val"])
+    return x_train, y_train, x_val, y_val
+
+
+def model_spec(dataset: DatasetRecord, architecture: Architecture, settings: Settings) -> ModelSpec:
+    return ModelSpec(
+        architecture=architecture,
+        dataset=dataset.dataset,
+        labels=dataset.labels,
+        input_shape=dataset.input_shape,
+        input_units=dataset.input_units,
+        input_layout=dataset.input_layout,
+        hidden=settings.train.hidden,
+        width_mult=settings.posture_train.width_mult,
+        full_scale=settings.pmd.max_value,
+    )
+
+
+def model_card(info: TrainedModel, dataset: DatasetRecord, settings: Settings) -> str:
+    spec = info.spec
     return f"""# {settings.model_name}
 
-Decides whether a person is on the haptic mat from {info.spec.window} consecutive BLE frames
-of its {info.spec.channels} air-chamber pressures.
+{dataset.description}
 
-- **Input**: float32 `{info.spec.input_shape}` = [batch, frame, chamber], raw pressure in Pa,
-  oldest frame first. Normalisation is inside the model.
-- **Output**: logits `{info.spec.output_shape}` in the order {info.spec.labels}.
-- **Data**: dataset `{dataset.version}` from {len(dataset.sources)} recordings; windows per split
-  {dataset.windows}; split by time blocks inside each recording (train oldest, test newest).
-- **Training**: seed {settings.train.seed}, {settings.train.epochs} epochs, Adam lr {settings.train.learning_rate},
-  best epoch {info.best_epoch} by validation loss (val accuracy {info.val_accuracy:.4f}); {info.parameters} parameters.
-- **Limits**: trained on one session of one mat and one person. The features cancel the common
-  pressure offset weather adds, but new people, mats and postures are untested.
+- **Network**: {spec.architecture}, {info.parameters:,} parameters, trained from scratch.
+- **Input**: float32 `{spec.input_shape}` {spec.input_layout}; {spec.input_units}.
+  Normalisation is inside the model: a device feeds raw readings.
+- **Output**: logits `{spec.output_shape}` in the order {spec.labels}.
+- **Data**: dataset `{dataset.version}`, samples per split {dataset.samples}; trained on {info.train_samples}.
+- **Training**: {info.recipe}; best epoch {info.best_epoch} by validation loss
+  (validation accuracy {info.val_accuracy:.4f}).
 """
 
 
-def train(dataset_dir: Path, out_dir: Path, settings: Settings) -> TrainedModel:
-    config = settings.train
-    dataset = DatasetInfo.load(dataset_dir)
-    splits = load_splits(dataset_dir)
-    torch.manual_seed(config.seed)
-    np.random.seed(config.seed)
-    torch.use_deterministic_algorithms(True)
+def train(dataset_dir: Path, out_dir: Path, settings: Settings, architecture: str | None = None) -> TrainedModel:
+    """`architecture` defaults to the dataset's track ("mat-mlp" for mat, "mobilenet_v2" for pmd)."""
+    dataset = DatasetRecord.load(dataset_dir)
+    architecture = parse_architecture(architecture or settings.architecture_for(dataset.dataset))
+    recipe = recipe_for(architecture, settings, dataset.labels)
+    prepare_torch(recipe, settings)
 
-    x_train, y_train = (torch.from_numpy(a) for a in splits["train"])
-    x_val, y_val = (torch.from_numpy(a) for a in splits["val"])
-    spec = ModelSpec(labels=dataset.labels, window=dataset.window, channels=len(dataset.channels), hidden=config.hidden)
-    model = MatOccupancyNet(spec)
-    model.features.fit(x_train)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-    generator = torch.Generator().manual_seed(config.seed)
+    spec = model_spec(dataset, architecture, settings)
+    model = build_model(spec)
+    x_train, y_train, x_val, y_val = training_tensors(load_splits(dataset_dir))
+    model.fit(x_train)
 
     import mlflow
 
-    best: tuple[float, int, float, dict[str, torch.Tensor]] | None = None
+    recipe_params = {key: value for key, value in vars(recipe).items() if isinstance(value, int | float | str | bool)}
     with tracking.resume_run(settings, dataset.run_id):
-        mlflow.log_params({f"train.{key}": value for key, value in config.model_dump().items()})
-        for epoch in range(1, config.epochs + 1):
-            model.train()
-            order = torch.randperm(len(x_train), generator=generator)
-            total = 0.0
-            for start in range(0, len(order), config.batch_size):
-                batch = order[start : start + config.batch_size]
-                optimizer.zero_grad()
-                loss = nn.functional.cross_entropy(model(x_train[batch]), y_train[batch])
-                loss.backward()
-                optimizer.step()
-                total += loss.item() * len(batch)
-            model.eval()
-            val_loss, val_accuracy = evaluate(model, x_val, y_val)
-            mlflow.log_metrics(
-                {"train_loss": total / len(x_train), "val_loss": val_loss, "val_accuracy": val_accuracy},
-                step=epoch,
-            )
-            if best is None or val_loss < best[0]:
-                best = (val_loss, epoch, val_accuracy, copy.deepcopy(model.state_dict()))
-        assert best is not None
-        val_loss, best_epoch, val_accuracy, state = best
-        model.load_state_dict(state)
+        mlflow.log_params({"train.architecture": architecture})
+        mlflow.log_params({f"train.{key}": value for key, value in recipe_params.items()})
+
+        def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
+            mlflow.log_metrics(metrics, step=epoch)
+            print(f"epoch {epoch}/{recipe.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+        best_epoch, val_loss, val_accuracy = fit(model, x_train, y_train, x_val, y_val, recipe, log_epoch)
         info = TrainedModel(
             spec=spec,
             dataset_version=dataset.version,
@@ -114,11 +268,15 @@ def train(dataset_dir: Path, out_dir: Path, settings: Settings) -> TrainedModel:
             val_accuracy=val_accuracy,
             val_loss=val_loss,
             parameters=sum(p.numel() for p in model.parameters()),
+            train_samples=len(x_train) // recipe.train_stride,
+            recipe=recipe_params,
         )
         mlflow.log_metrics({"best_epoch": best_epoch, "best_val_accuracy": val_accuracy, "parameters": info.parameters})
         mlflow.log_text(model_card(info, dataset, settings), "model_card.md")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)
-    info.save(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), out_dir / WEIGHTS_FILE)
+        info.save(out_dir)
+        # The trained weights go with the run: benchmarks later rebuild the eager model from them.
+        mlflow.log_artifacts(str(out_dir), MODEL_ARTIFACT_DIR)
     return info
