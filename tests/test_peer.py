@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 from edgeops import peer
-from edgeops.export import lower, quantize
+from edgeops.export import lower, ptq
 from edgeops.latency import interleaved, measure, peak_memory, ratio
 
 CLASSES = 3
@@ -102,7 +102,7 @@ def benchmark(model: torch.nn.Module, data: dict[str, np.ndarray], out: Path) ->
     calibration = data["train_x"][:CALIBRATION_WINDOWS]
     example = (torch.from_numpy(calibration[:1]),)
     fp32 = lower(torch.export.export(model, example), out / "model_fp32.pte", "executorch/model_fp32.pte")
-    quantized = quantize(model, example, torch.from_numpy(calibration))
+    quantized = ptq(model, "ptq_per_channel", example[0], torch.from_numpy(calibration))
     int8 = lower(torch.export.export(quantized, example), out / "model_int8.pte", "executorch/model_int8.pte")
     return peer.compare(
         model,

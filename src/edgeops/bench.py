@@ -28,6 +28,7 @@ from edgeops.settings import DatasetName, Settings, Strategy
 from edgeops.storage import s3_client
 from edgeops.train import (
     MODEL_ARTIFACT_DIR,
+    denormals_flushed,
     fit,
     load_model,
     logits_of,
@@ -192,7 +193,8 @@ def loso_fold(
     x_train, y_train, x_val, y_val = training_tensors(splits)
     model = build_model(spec)
     model.fit(x_train)
-    best_epoch, _, _ = fit(model, x_train, y_train, x_val, y_val, recipe)
+    with denormals_flushed():
+        best_epoch, _, _ = fit(model, x_train, y_train, x_val, y_val, recipe)
     x_test, y_test = splits["test"]
     x = torch.from_numpy(x_test)
     fp32_accuracy = float((logits_of(model, x).argmax(dim=1).numpy() == y_test).mean())

@@ -23,7 +23,7 @@ from edgeops.model import ModelSpec
 from edgeops.records import StageRecord
 from edgeops.settings import QuantizeConfig, Settings, Strategy
 from edgeops.storage import sha256_file
-from edgeops.train import Recipe, fit, load_model, recipe_for
+from edgeops.train import Recipe, denormals_flushed, fit, load_model, recipe_for
 
 if TYPE_CHECKING:
     from torchao.quantization.pt2e.quantizer import Quantizer
@@ -139,7 +139,8 @@ def qat(
 
     prepared = prepare_qat_pt2e(capture(model.train(), example), quantizer_for("qat", per_channel))
     allow_exported_model_train_eval(prepared)
-    fit(prepared, *train, *val, recipe)
+    with denormals_flushed():
+        fit(prepared, *train, *val, recipe)
     move_exported_model_to_eval(prepared)
     return drop_unused_attributes(convert_pt2e(prepared))
 
@@ -206,7 +207,6 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
     x_train = splits["train"][0]
     example = torch.from_numpy(x_train[:1])
     out_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_flush_denormal(True)
 
     started = time.perf_counter()
     fp32 = lower(torch.export.export(model, (example,)), out_dir / "model_fp32.pte", f"{ARTIFACT_DIR}/model_fp32.pte")

@@ -21,6 +21,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from edgeops import stack
 from edgeops.agent import PREDICTIONS_FILE, STATUS_FILE
 from edgeops.benchmark import benchmark
@@ -37,6 +39,15 @@ SEEDS = (7, 8, 9)  # three distinct models: the device never holds the next one 
 WAIT_LIMIT_S = 60.0
 
 
+def reusable(verified_dir: Path) -> bool:
+    """A verified model from an earlier run, in this version's record format."""
+    try:
+        VerifiedModel.load(verified_dir)
+    except (FileNotFoundError, ValidationError):
+        return False
+    return True
+
+
 def verified_models(settings: Settings, work: Path, report: Callable[[str], None]) -> list[Path]:
     """One verified model per seed, reused from an earlier run of this benchmark when present.
 
@@ -46,7 +57,7 @@ def verified_models(settings: Settings, work: Path, report: Callable[[str], None
     directories = []
     for seed in SEEDS:
         model_dir = work / f"seed-{seed}"
-        if not (model_dir / "verify" / "verified.json").exists():
+        if not reusable(model_dir / "verify"):
             report(f"training, exporting and verifying the seed-{seed} model (once; reused next time)")
             seeded = quick.model_copy(update={"train": quick.train.model_copy(update={"seed": seed})})
             dataset = model_dir / "ingest"

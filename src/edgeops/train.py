@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -136,11 +137,24 @@ def recipe_for(architecture: Architecture, settings: Settings, labels: list[str]
     )
 
 
+@contextmanager
+def denormals_flushed() -> Iterator[None]:
+    """Fresh MobileNetV2 weights produce denormals that slow training several-fold: flush them while training.
+
+    Only while training: the flag is process-wide, and XNNPACK fails to set up quantized programs
+    ("Propagating input shapes failed") in a process that flushes denormals.
+    """
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(False)
+
+
 def prepare_torch(recipe: Recipe, settings: Settings) -> None:
     """Seeds, determinism and CPU settings before a network is built and trained."""
     if settings.posture_train.threads:
         torch.set_num_threads(settings.posture_train.threads)
-    torch.set_flush_denormal(True)  # fresh MobileNetV2 weights produce denormals that slow training several-fold
     torch.manual_seed(recipe.seed)
     np.random.seed(recipe.seed)
     torch.use_deterministic_algorithms(True)
@@ -259,7 +273,8 @@ def train(dataset_dir: Path, out_dir: Path, settings: Settings, architecture: st
             mlflow.log_metrics(metrics, step=epoch)
             print(f"epoch {epoch}/{recipe.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
 
-        best_epoch, val_loss, val_accuracy = fit(model, x_train, y_train, x_val, y_val, recipe, log_epoch)
+        with denormals_flushed():
+            best_epoch, val_loss, val_accuracy = fit(model, x_train, y_train, x_val, y_val, recipe, log_epoch)
         info = TrainedModel(
             spec=spec,
             dataset_version=dataset.version,
