@@ -274,7 +274,7 @@ def loso(
     if len(chosen) < 3:
         raise EdgeopsError("leave-one-subject-out needs at least 3 subjects (test, validation, training)")
     data = pmd.load_subjects(config, chosen)
-    recipe = recipe_for(settings.architecture_for("pmd"), settings, pmd.labels_for(config.label_set))
+    recipe_params = recipe_for(settings.architecture_for("pmd"), settings, pmd.labels_for(config.label_set)).params()
     out_dir.mkdir(parents=True, exist_ok=True)
     folds: list[LosoFold] = []
     with tempfile.TemporaryDirectory() as work:
@@ -283,16 +283,15 @@ def loso(
             say(f"fold {index + 1}/{len(chosen)}: test {subject}, validation {val_subject}")
             fold = loso_fold(data, subject, val_subject, settings, strategy, Path(work))
             folds.append(fold)
-            partial = LosoResult(
-                dataset=config.experiment, label_set=config.label_set, strategy=strategy, recipe={}, folds=folds
+            result = LosoResult(
+                dataset=config.experiment,
+                label_set=config.label_set,
+                strategy=strategy,
+                recipe=recipe_params,
+                folds=folds,
             )
-            partial.save(out_dir)  # a long run interrupted keeps its finished folds
+            result.save(out_dir)  # a long run interrupted keeps its finished folds
             say(f"  FP32 {fold.fp32_accuracy:.4f}  INT8 {fold.int8_accuracy:.4f}  ({fold.seconds:.0f} s)")
-    recipe_params = {key: value for key, value in vars(recipe).items() if isinstance(value, int | float | str | bool)}
-    result = LosoResult(
-        dataset=config.experiment, label_set=config.label_set, strategy=strategy, recipe=recipe_params, folds=folds
-    )
-    result.save(out_dir)
     (out_dir / LOSO_REPORT).write_text(render_loso(result))
     plot_loso(result, out_dir / LOSO_PLOT)
 

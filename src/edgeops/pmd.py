@@ -30,7 +30,7 @@ import numpy as np
 from pydantic import BaseModel
 
 from edgeops.errors import EdgeopsError, InputError
-from edgeops.ingest import SPLITS, Splits, load_splits, publish_dataset, save_splits
+from edgeops.ingest import SPLITS, Splits, publish_dataset, save_splits
 from edgeops.records import DatasetRecord
 from edgeops.settings import PmdConfig, Settings
 from edgeops.storage import sha256_bytes, sha256_file
@@ -473,6 +473,13 @@ def build(
     config: PmdConfig, out_dir: Path, subjects: Sequence[str] | None = None, rules: DropRules = DEFAULT_RULES
 ) -> PmdDatasetInfo:
     """Verify, load, split and save in one call: dataset.npz and dataset.json in `out_dir`."""
+    return build_splits(config, out_dir, subjects, rules)[0]
+
+
+def build_splits(
+    config: PmdConfig, out_dir: Path, subjects: Sequence[str] | None = None, rules: DropRules = DEFAULT_RULES
+) -> tuple[PmdDatasetInfo, Splits]:
+    """`build`, also returning the splits it saved."""
     chosen = list(subjects if subjects is not None else config.subjects)
     experiment_dir(config)
     verified = verify_checksums(config.data_dir, config.experiment, chosen)
@@ -481,15 +488,15 @@ def build(
     info = dataset_info(data, splits, split_subjects, verified, config.experiment, config.max_value)
     save_splits(splits, out_dir)
     info.save(out_dir)
-    return info
+    return info, splits
 
 
 def ingest(out_dir: Path, settings: Settings, subjects: Sequence[str] | None = None) -> PmdDatasetInfo:
     """The PMD track's dataset stage: build, archive to the raw bucket, open the pipeline run's MLflow run."""
     config = settings.pmd
-    info = build(config, out_dir, subjects)
+    info, splits = build_splits(config, out_dir, subjects)
     params = {f"pmd.{key}": value for key, value in config.model_dump(exclude={"gates"}).items()}
-    publish_dataset(info, load_splits(out_dir), out_dir, params, settings)
+    publish_dataset(info, splits, out_dir, params, settings)
     return info
 
 

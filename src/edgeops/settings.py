@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from functools import cached_property
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,19 +27,23 @@ DATASETS: tuple[DatasetName, ...] = ("mat", "pmd")
 ARCHITECTURES: tuple[Architecture, ...] = ("mat-mlp", "mobilenet_v2")
 
 
+Choice = TypeVar("Choice", bound=str)
+
+
+def parse_choice(name: str, choices: tuple[Choice, ...], kind: str, kinds: str) -> Choice:
+    """`name` as one of `choices` (a Literal's values), or an InputError naming them all."""
+    for choice in choices:
+        if name == choice:
+            return choice
+    raise InputError([f"unknown {kind} '{name}' ({kinds}: {', '.join(choices)})"])
+
+
 def parse_dataset(name: str) -> DatasetName:
-    """`name` as a DatasetName, or an InputError naming the choices."""
-    for dataset in DATASETS:
-        if name == dataset:
-            return dataset
-    raise InputError([f"unknown dataset '{name}' (datasets: {', '.join(DATASETS)})"])
+    return parse_choice(name, DATASETS, "dataset", "datasets")
 
 
 def parse_architecture(name: str) -> Architecture:
-    for architecture in ARCHITECTURES:
-        if name == architecture:
-            return architecture
-    raise InputError([f"unknown model '{name}' (models: {', '.join(ARCHITECTURES)})"])
+    return parse_choice(name, ARCHITECTURES, "model", "models")
 
 
 # Quantization strategies the export stage can produce; verify promotes one of them.
@@ -63,10 +67,7 @@ class DatasetConfig(BaseModel):
 
 
 def parse_strategy(name: str) -> Strategy:
-    for strategy in STRATEGIES:
-        if name == strategy:
-            return strategy
-    raise InputError([f"unknown quantization strategy '{name}' (strategies: {', '.join(STRATEGIES)})"])
+    return parse_choice(name, STRATEGIES, "quantization strategy", "strategies")
 
 
 class GateConfig(BaseModel):

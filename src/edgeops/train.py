@@ -56,6 +56,10 @@ class Recipe:
     # network, where small augmented batches would otherwise drag the statistics around.
     freeze_norm: bool = False
 
+    def params(self) -> dict[str, float | int | str | bool]:
+        """The plain settings, for MLflow and the records (not the augmentation function)."""
+        return {key: value for key, value in vars(self).items() if isinstance(value, int | float | str | bool)}
+
 
 def load_model(directory: Path) -> tuple[TrainedModel, nn.Module]:
     info = TrainedModel.load(directory)
@@ -264,7 +268,7 @@ def train(dataset_dir: Path, out_dir: Path, settings: Settings, architecture: st
 
     import mlflow
 
-    recipe_params = {key: value for key, value in vars(recipe).items() if isinstance(value, int | float | str | bool)}
+    recipe_params = recipe.params()
     with tracking.resume_run(settings, dataset.run_id):
         mlflow.log_params({"train.architecture": architecture})
         mlflow.log_params({f"train.{key}": value for key, value in recipe_params.items()})
