@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -63,6 +64,22 @@ def chain(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) ->
     report = benchmark(dirs["ingest"], dirs["train"], dirs["export"], dirs["benchmark"], settings)
     verified = verify(dirs["ingest"], dirs["export"], dirs["benchmark"], dirs["verify"], settings)
     return Chain(settings, manifest, dirs, dataset, trained, exported, report, verified)
+
+
+def test_a_run_resumes_whichever_experiment_the_process_last_started_a_run_in(stack_settings: Settings) -> None:
+    """Stages and benchmarks resume runs of several experiments (and servers) in one process."""
+    import mlflow
+
+    first = stack_settings.model_copy(update={"experiment": "resume-first"})
+    second = stack_settings.model_copy(update={"experiment": "resume-second"})
+    with tracking.start_run(first, run_name="first") as run:
+        first_run_id = run.info.run_id
+    with tracking.start_run(second, run_name="second"):
+        pass
+    with tracking.resume_run(first, first_run_id):
+        mlflow.log_metric("resumed", 1.0)
+    assert tracking.client(first).get_run(first_run_id).data.metrics["resumed"] == 1.0
+    assert "MLFLOW_EXPERIMENT_ID" not in os.environ  # child processes (KFP tasks) must not inherit a stale id
 
 
 def test_ingest_archives_raw_files_and_logs_the_dataset(chain: Chain) -> None:

@@ -19,13 +19,22 @@ def client(settings: Settings) -> mlflow.MlflowClient:
     return mlflow.MlflowClient(settings.tracking_uri)
 
 
+def experiment_id(settings: Settings) -> str:
+    """The experiment's id on this server, created on first use.
+
+    Not `mlflow.set_experiment`: that pins the id process-wide (and in MLFLOW_EXPERIMENT_ID for child
+    processes), so resuming a run of another experiment, or on another server, fails afterwards.
+    """
+    tracker = client(settings)
+    experiment = tracker.get_experiment_by_name(settings.experiment)
+    return str(experiment.experiment_id) if experiment else tracker.create_experiment(settings.experiment)
+
+
 @contextmanager
 def start_run(settings: Settings, run_name: str) -> Iterator[mlflow.ActiveRun]:
     import mlflow
 
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    mlflow.set_experiment(settings.experiment)
-    with mlflow.start_run(run_name=run_name) as run:
+    with mlflow.start_run(experiment_id=experiment_id(settings), run_name=run_name) as run:
         yield run
 
 
