@@ -100,10 +100,10 @@ def recalibrate_batch_norm(net: torch.nn.Module, x: torch.Tensor) -> None:
 def benchmark(model: torch.nn.Module, data: dict[str, np.ndarray], out: Path) -> peer.PeerResult:
     """Lower both ExecuTorch programs as export.py does, then compare all engines."""
     calibration = data["train_x"][:CALIBRATION_WINDOWS]
-    example = (torch.from_numpy(calibration[:1]),)
-    fp32 = lower(torch.export.export(model, example), out / "model_fp32.pte", "executorch/model_fp32.pte")
-    quantized = ptq(model, "ptq_per_channel", example[0], torch.from_numpy(calibration))
-    int8 = lower(torch.export.export(quantized, example), out / "model_int8.pte", "executorch/model_int8.pte")
+    example = torch.from_numpy(calibration[:1])
+    fp32 = lower(model, example, out / "model_fp32.pte", "executorch/model_fp32.pte")
+    quantized = ptq(model, "ptq_per_channel", example, torch.from_numpy(calibration))
+    int8 = lower(quantized, example, out / "model_int8.pte", "executorch/model_int8.pte")
     return peer.compare(
         model,
         calibration,

@@ -201,7 +201,7 @@ def loso_fold(
 
     quantized = quantize(model, strategy, splits, recipe, settings.quantize)
     path = work / f"{subject}_int8.pte"
-    lower(torch.export.export(quantized, (x[:1],)), path, path.name)
+    lower(quantized, x[:1], path, path.name)
     int8_accuracy = float((predict_all(Program(path), x) == y_test).mean())
     return LosoFold(
         test_subject=subject,

@@ -3,7 +3,8 @@
 Strategies (settings.quantize.strategies), all PT2E with XNNPACKQuantizer's symmetric config:
 - `ptq_per_tensor`: post-training, one scale per weight tensor, calibrated on training samples;
 - `ptq_per_channel`: post-training, one scale per output channel;
-- `qat`: quantization-aware fine-tuning of the trained weights (per-channel fake quantization).
+- `qat`: quantization-aware fine-tuning of the trained weights (per-tensor weights unless
+  `settings.quantize.qat_per_channel`).
 Verify later promotes the smallest, fastest candidate that passes the gates.
 """
 
@@ -18,9 +19,11 @@ import torch
 from pydantic import BaseModel
 
 from edgeops import tracking
+from edgeops.errors import EdgeopsError
 from edgeops.ingest import Splits, load_splits
 from edgeops.model import ModelSpec
 from edgeops.records import StageRecord
+from edgeops.runtime import Program as LoadedProgram
 from edgeops.settings import QuantizeConfig, Settings, Strategy
 from edgeops.storage import sha256_file
 from edgeops.train import Recipe, denormals_flushed, fit, load_model, recipe_for
@@ -31,6 +34,9 @@ if TYPE_CHECKING:
 INFO_FILE = "export.json"
 ARTIFACT_DIR = "executorch"
 CALIBRATION_BATCH = 64
+LOWERING_CHECK_SAMPLES = 16
+# The FP32 program must reproduce eager PyTorch to within this fraction of the largest output.
+FP32_LOWERING_TOLERANCE = 1e-3
 STRATEGY_DESCRIPTIONS: dict[Strategy, str] = {
     "ptq_per_tensor": "PTQ, per-tensor weights, symmetric int8",
     "ptq_per_channel": "PTQ, per-channel weights, symmetric int8",
@@ -72,11 +78,27 @@ class ExportedModels(StageRecord):
     calibration_samples: int
 
 
-def lower(exported: torch.export.ExportedProgram, path: Path, artifact_path: str) -> Program:
+class LoweringError(EdgeopsError):
+    """A program lowered without error but does not compute what its graph computes."""
+
+
+def dense(example: torch.Tensor) -> torch.Tensor:
+    """`example` with row-major strides.
+
+    Export takes the program's input layout from the example's strides, and numpy gives size-1
+    axes arbitrary ones (0 after `np.newaxis`, 1 after fancy indexing). ExecuTorch then refuses
+    the program or, worse, builds one that reads its input in another layout.
+    """
+    return example.clone(memory_format=torch.contiguous_format)
+
+
+def lower(model: torch.nn.Module, example: torch.Tensor, path: Path, artifact_path: str) -> Program:
+    """Export `model` at `example`'s shape and lower it to an XNNPACK-delegated `.pte` at `path`."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.devtools.backend_debug import get_delegation_info
     from executorch.exir import to_edge_transform_and_lower
 
+    exported = torch.export.export(model, (dense(example),))
     edge = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     delegation = get_delegation_info(edge.exported_program().graph_module)
     path.write_bytes(edge.to_executorch().buffer)
@@ -88,6 +110,26 @@ def lower(exported: torch.export.ExportedProgram, path: Path, artifact_path: str
         non_delegated_ops=delegation.num_non_delegated_nodes,
         artifact_path=artifact_path,
     )
+
+
+def check_lowering(path: Path, reference: torch.nn.Module, samples: torch.Tensor, tolerance: float) -> float:
+    """The program's largest deviation from `reference` on `samples`, relative to the largest output.
+
+    Raises when it exceeds `tolerance`: a wrong program must stop export, not surface later as
+    a mysteriously bad benchmark.
+    """
+    program = LoadedProgram(path)
+    with torch.no_grad():
+        expected = torch.cat([reference(sample[None]) for sample in samples])
+    actual = torch.cat([program(dense(sample[None])) for sample in samples])
+    deviation = float((actual - expected).abs().max() / expected.abs().max().clamp_min(1e-6))
+    if deviation > tolerance:
+        raise LoweringError(
+            f"{path.name}: the lowered program deviates from the model by {deviation:.2%} of its largest "
+            f"output on {len(samples)} training samples (tolerance {tolerance:.2%}); it would not compute "
+            "what was trained"
+        )
+    return deviation
 
 
 def quantizer_for(strategy: Strategy, qat_per_channel: bool = False) -> Quantizer:
@@ -109,7 +151,7 @@ def quantizer_for(strategy: Strategy, qat_per_channel: bool = False) -> Quantize
 def capture(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
     """The model as a graph with a dynamic batch, so calibration and fine-tuning run in batches."""
     batch = torch.export.Dim("batch", min=1, max=1024)
-    pair = example.expand(2, *example.shape[1:]).clone()  # batch 1 would be specialised
+    pair = dense(example.expand(2, *example.shape[1:]))  # batch 1 would be specialised
     return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)).module()
 
 
@@ -209,8 +251,10 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
     out_dir.mkdir(parents=True, exist_ok=True)
 
     started = time.perf_counter()
-    fp32 = lower(torch.export.export(model, (example,)), out_dir / "model_fp32.pte", f"{ARTIFACT_DIR}/model_fp32.pte")
+    fp32 = lower(model, example, out_dir / "model_fp32.pte", f"{ARTIFACT_DIR}/model_fp32.pte")
     fp32.seconds = time.perf_counter() - started
+    samples = torch.from_numpy(x_train[evenly_spaced(len(x_train), LOWERING_CHECK_SAMPLES)])
+    check_lowering(out_dir / fp32.file, model.eval(), samples, FP32_LOWERING_TOLERANCE)
     print(f"fp32: {fp32.size_bytes:,} bytes in {fp32.seconds:.1f} s")
 
     recipe = recipe_for(trained.spec.architecture, settings, trained.spec.labels)
@@ -220,7 +264,7 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
         # QAT changes weights in place; every strategy starts from the trained ones.
         quantized = quantize(load_model(model_dir)[1], strategy, splits, recipe, config)
         name = f"model_int8_{strategy}.pte"
-        program = lower(torch.export.export(quantized, (example,)), out_dir / name, f"{ARTIFACT_DIR}/{name}")
+        program = lower(quantized, example, out_dir / name, f"{ARTIFACT_DIR}/{name}")
         program.seconds = time.perf_counter() - started
         description = STRATEGY_DESCRIPTIONS[strategy]
         if strategy == "qat":
