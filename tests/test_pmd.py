@@ -126,6 +126,7 @@ def test_s1_leading_frames_dropped() -> None:
 
 def test_subjects_load(three: PmdData) -> None:
     assert three.frames.shape == (3800, 1, CONFIG.rows, CONFIG.cols) and three.frames.dtype == np.float32
+    assert three.frames.flags.c_contiguous and 0 not in three.frames.strides  # as export needs (test_export)
     assert three.labels.dtype == np.int64 and three.postures.dtype == np.int64
     assert three.loaded_subjects == ["S1", "S2", "S3"]
     assert Counter(three.subjects.tolist()) == {"S1": 1287, "S2": 1202, "S3": 1311}

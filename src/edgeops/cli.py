@@ -6,6 +6,7 @@ Stage commands read and write directories (default `out/stages/<stage>`), so
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -194,6 +195,8 @@ def promote(
 
 
 def main() -> None:
+    # Raised by torch's pytree from inside torchao/ExecuTorch on every graph copy: noise we cannot fix.
+    warnings.filterwarnings("ignore", r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning)
     try:
         app()
     except EdgeopsError as error:

@@ -347,7 +347,8 @@ def load_subjects(
     for posture, index in label_map(config.label_set).items():
         classes[posture] = index
     return PmdData(
-        frames=np.concatenate([frames for frames, _, _ in parts])[:, np.newaxis],
+        # reshape, not np.newaxis: the channel axis gets an ordinary stride (0 confuses ExecuTorch export)
+        frames=np.concatenate([frames for frames, _, _ in parts]).reshape(-1, 1, config.rows, config.cols),
         labels=classes[postures],
         subjects=np.repeat(np.array([subject for _, subject, _ in parts]), counts),
         postures=postures,
