@@ -10,12 +10,12 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from edgeops import tracking
 from edgeops.bench import loso, peer_bench, production_model
+from edgeops.benchmark import predict_all
 from edgeops.demo import http_get
 from edgeops.errors import EdgeopsError, InputError
 from edgeops.ingest import ingest_dataset
@@ -100,7 +100,7 @@ def test_pmd_track_runs_through_the_compiled_pipeline(small_pmd: Settings, tmp_p
     data = load_subjects(settings.pmd, ["S3"])
     program = Program(pte)
     x = torch.from_numpy(data.frames)
-    predicted = np.array([int(program(x[i : i + 1]).argmax()) for i in range(len(x))])
+    predicted = predict_all(program, x)
     assert float((predicted == data.labels).mean()) == pytest.approx(metrics["int8_accuracy"], abs=1e-9)
 
 

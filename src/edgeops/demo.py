@@ -14,6 +14,7 @@ import torch
 
 from edgeops import pmd, stack, tracking
 from edgeops.agent import Agent
+from edgeops.benchmark import predict_all
 from edgeops.errors import VerificationError
 from edgeops.ingest import read_manifest, read_recording, windows
 from edgeops.pipeline import pipeline_arguments, run_local
@@ -70,7 +71,7 @@ def device_check(settings: Settings, model_name: str, manifest_path: Path) -> di
         path.write_bytes(blob)
         program = Program(path)
         for source, label, x in samples:
-            predicted = [labels[int(program(x[i : i + 1]).argmax())] for i in range(len(x))]
+            predicted = [labels[index] for index in predict_all(program, x)]
             predictions[source] = {
                 "label": label,
                 "samples": len(predicted),
