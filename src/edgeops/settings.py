@@ -1,58 +1,76 @@
 """Every knob of edgeops in one typed place.
 
 Values come from defaults here, then environment variables (`EDGEOPS_*`, nested
-groups with `__`, e.g. `EDGEOPS_GATES__MIN_INT8_ACCURACY=0.97`), then CLI flags.
+groups with `__`, e.g. `EDGEOPS_MAT__GATES__MIN_INT8_ACCURACY=0.97`), then CLI flags.
 KFP components read the same object from their environment, so the local runner
 and a cluster differ only in the environment they hand to each task.
+
+The two tracks (mat, pmd) are rows of one table: `settings.mat` and `settings.pmd`
+hold each track's model name, MLflow experiment, architecture, gates, data and
+training recipe, and `settings.track(dataset)` picks the row a run uses.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
+from enum import StrEnum
 from functools import cached_property
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
-from pydantic import BaseModel, Field, SecretStr
+from pydantic import BaseModel, Field, SecretStr, ValidationError
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgeops.errors import InputError
 
 CREDENTIALS_FILE = "credentials.json"
 
-# The two tracks: which data a pipeline run reads and which network it trains.
-DatasetName = Literal["mat", "pmd"]
-Architecture = Literal["mat-mlp", "mobilenet_v2"]
-DATASETS: tuple[DatasetName, ...] = ("mat", "pmd")
-ARCHITECTURES: tuple[Architecture, ...] = ("mat-mlp", "mobilenet_v2")
+
+class Dataset(StrEnum):
+    """The tracks: which data a pipeline run reads."""
+
+    mat = "mat"  # BLE recordings of the haptic mat
+    pmd = "pmd"  # PhysioNet pressure maps
 
 
-Choice = TypeVar("Choice", bound=str)
+class Architecture(StrEnum):
+    """The networks a track trains."""
+
+    mat_mlp = "mat-mlp"
+    mobilenet_v2 = "mobilenet_v2"
 
 
-def parse_choice(name: str, choices: tuple[Choice, ...], kind: str, kinds: str) -> Choice:
-    """`name` as one of `choices` (a Literal's values), or an InputError naming them all."""
-    for choice in choices:
-        if name == choice:
-            return choice
-    raise InputError([f"unknown {kind} '{name}' ({kinds}: {', '.join(choices)})"])
+class Strategy(StrEnum):
+    """Quantization strategies the export stage can produce; verify promotes one of them."""
+
+    ptq_per_tensor = "ptq_per_tensor"
+    ptq_per_channel = "ptq_per_channel"
+    qat = "qat"
 
 
-def parse_dataset(name: str) -> DatasetName:
-    return parse_choice(name, DATASETS, "dataset", "datasets")
+Choice = TypeVar("Choice", bound=StrEnum)
+CHOICE_NAMES: dict[type[StrEnum], tuple[str, str]] = {
+    Dataset: ("dataset", "datasets"),
+    Architecture: ("model", "models"),
+    Strategy: ("quantization strategy", "strategies"),
+}
 
 
-def parse_architecture(name: str) -> Architecture:
-    return parse_choice(name, ARCHITECTURES, "model", "models")
+def parse_choice(kind: type[Choice], value: str) -> Choice:
+    """`value` as a member of `kind`, or an InputError naming every choice.
+
+    For strings from outside the CLI (KFP parameters, files); typer checks its own Enum options.
+    """
+    try:
+        return kind(value)
+    except ValueError:
+        name, names = CHOICE_NAMES[kind]
+        raise InputError([f"unknown {name} '{value}' ({names}: {', '.join(kind)})"]) from None
 
 
-# Quantization strategies the export stage can produce; verify promotes one of them.
-Strategy = Literal["ptq_per_tensor", "ptq_per_channel", "qat"]
-STRATEGIES: tuple[Strategy, ...] = ("ptq_per_tensor", "ptq_per_channel", "qat")
-
-
-class DatasetConfig(BaseModel):
-    """How recordings become windows. Part of the dataset version hash."""
+class MatDataConfig(BaseModel):
+    """How mat recordings become windows. Part of the dataset version hash."""
 
     labels: list[str] = ["empty_or_cat", "occupied"]
     timestamp_column: str = "Timestamp"
@@ -66,12 +84,25 @@ class DatasetConfig(BaseModel):
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
 
 
-def parse_strategy(name: str) -> Strategy:
-    return parse_choice(name, STRATEGIES, "quantization strategy", "strategies")
+class PmdDataConfig(BaseModel):
+    """PhysioNet PMD experiment-i, the in-bed pressure maps. The data stays outside the repository."""
+
+    root: Path = Path("../shared/data/pmd")
+    experiment: str = "experiment-i"
+    release_url: str = "https://physionet.org/files/pmd/1.0.0/"
+    rows: int = 64
+    cols: int = 32
+    # Sensor full scale: the PhysioNet README says 0-1000, but the files are 12-bit (69 % of frames
+    # exceed 1000; 820 cells sit at 4095). The exported model takes raw values and normalises inside.
+    max_value: float = 4095.0
+    label_set: Literal["posture3", "posture17"] = "posture3"
+    subjects: list[str] = [f"S{n}" for n in range(1, 11)]
+    test_subjects: list[str] = ["S9", "S10"]
+    val_subjects: list[str] = ["S8"]
 
 
 class GateConfig(BaseModel):
-    """Thresholds verify enforces before anything may be promoted. Each track has its own defaults."""
+    """Thresholds verify enforces before anything may be promoted (the mat track's defaults)."""
 
     min_int8_accuracy: float = 0.98
     max_int8_accuracy_drop: float = 0.005
@@ -79,6 +110,18 @@ class GateConfig(BaseModel):
     max_int8_size_bytes: int = 1_000_000
     min_int8_size_ratio: float = Field(1.0, description="FP32 .pte bytes / INT8 .pte bytes")
     max_int8_bytes_per_param: float = Field(0.0, ge=0, description="INT8 .pte bytes per parameter; 0 = unchecked")
+
+    def overridden(self, overrides: Mapping[str, Any]) -> Self:
+        """These gates with some replaced by name (a pipeline parameter); an unknown name or a bad value is an
+        InputError, never silently ignored."""
+        unknown = sorted(set(overrides) - set(type(self).model_fields))
+        if unknown:
+            known = ", ".join(type(self).model_fields)
+            raise InputError([f"unknown gate '{name}' (gates: {known})" for name in unknown])
+        try:
+            return self.model_validate(self.model_dump() | dict(overrides))
+        except ValidationError as error:
+            raise InputError([f"gate {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors()]) from None
 
 
 class PmdGateConfig(GateConfig):
@@ -92,32 +135,15 @@ class PmdGateConfig(GateConfig):
     max_int8_bytes_per_param: float = 1.15
 
 
-class PmdConfig(BaseModel):
-    """The in-bed pressure-map track: PhysioNet PMD experiment-i. The data stays outside the repository."""
+class MatTrainConfig(BaseModel):
+    """The mat MLP's recipe."""
 
-    data_dir: Path = Path("../shared/data/pmd")
-    experiment: str = "experiment-i"
-    release_url: str = "https://physionet.org/files/pmd/1.0.0/"
-    rows: int = 64
-    cols: int = 32
-    # Sensor full scale: the PhysioNet README says 0-1000, but the files are 12-bit (69 % of frames
-    # exceed 1000; 820 cells sit at 4095). The exported model takes raw values and normalises inside.
-    max_value: float = 4095.0
-    label_set: Literal["posture3", "posture17"] = "posture3"
-    subjects: list[str] = [f"S{n}" for n in range(1, 11)]
-    test_subjects: list[str] = ["S9", "S10"]
-    val_subjects: list[str] = ["S8"]
-    model_name: str = "pmd-posture"
-    architecture: Architecture = "mobilenet_v2"
-    gates: PmdGateConfig = PmdGateConfig()
-
-
-class TrainConfig(BaseModel):
     seed: int = 7
     epochs: int = Field(40, ge=1)
     batch_size: int = Field(32, ge=1)
     learning_rate: float = Field(3e-3, gt=0)
     hidden: int = Field(32, ge=2)
+    threads: int = Field(0, ge=0, description="torch threads while training; 0 = torch's default")
 
 
 class PostureTrainConfig(BaseModel):
@@ -145,6 +171,46 @@ class PostureTrainConfig(BaseModel):
     threads: int = Field(0, ge=0, description="torch threads while training; 0 = torch's default")
 
 
+class TrackConfig(BaseModel):
+    """One row of the track table: what a run of the track is called, which network it trains, what it must pass.
+
+    Each track is a subclass with its own defaults, so overriding one field (by environment
+    variable or pipeline parameter) keeps the others of the same track, never another track's.
+    """
+
+    dataset: Dataset
+    model_name: str  # registered model and OTA prefix
+    experiment: str  # MLflow experiment of the track's runs
+    architecture: Architecture
+    gates: GateConfig
+    held_out: str  # what the test split holds, for summaries
+    data: MatDataConfig | PmdDataConfig
+    train: MatTrainConfig | PostureTrainConfig
+
+
+class MatTrack(TrackConfig):
+    dataset: Literal[Dataset.mat] = Dataset.mat
+    model_name: str = "mat-occupancy"
+    experiment: str = "mat-occupancy"
+    architecture: Architecture = Architecture.mat_mlp
+    gates: GateConfig = GateConfig()
+    held_out: str = "the newest time block of each recording"
+    data: MatDataConfig = MatDataConfig()
+    train: MatTrainConfig = MatTrainConfig()
+    session_manifest: Path = Path("data/seroton-mat/session.json")  # the recordings `make demo` ingests
+
+
+class PmdTrack(TrackConfig):
+    dataset: Literal[Dataset.pmd] = Dataset.pmd
+    model_name: str = "pmd-posture"
+    experiment: str = "pmd-posture"
+    architecture: Architecture = Architecture.mobilenet_v2
+    gates: PmdGateConfig = PmdGateConfig()
+    held_out: str = "subjects never seen in training"
+    data: PmdDataConfig = PmdDataConfig()
+    train: PostureTrainConfig = PostureTrainConfig()
+
+
 class BenchmarkConfig(BaseModel):
     latency_runs: int = Field(1000, ge=1)
     warmup_runs: int = Field(100, ge=0)
@@ -153,7 +219,7 @@ class BenchmarkConfig(BaseModel):
 class QuantizeConfig(BaseModel):
     """Which INT8 candidates export builds and how; verify promotes the smallest, fastest that passes the gates."""
 
-    strategies: list[Strategy] = list(STRATEGIES)
+    strategies: list[Strategy] = list(Strategy)
     calibration_samples: int = Field(1000, ge=1, description="training samples observed by PTQ, evenly spaced")
     qat_epochs: int = Field(2, ge=1)
     qat_learning_rate: float = Field(1e-4, gt=0)
@@ -261,24 +327,24 @@ class Settings(BaseSettings):
     staging_bucket: str = "mlflow"
     ota_bucket: str = "ota"
 
-    experiment: str = "mat-occupancy"
-    model_name: str = "mat-occupancy"
     registry_alias: str = "production"
-    session_manifest: Path = Path("data/seroton-mat/session.json")
-    pipeline_package: Path = Path("pipelines/mat_occupancy.yaml")
+    pipeline_package: Path = Path("pipelines/edgeops.yaml")
     component_image: str = "ghcr.io/edgeops/edgeops:0.1.0"
 
-    dataset: DatasetConfig = DatasetConfig()
-    pmd: PmdConfig = PmdConfig()
-    train: TrainConfig = TrainConfig()
-    posture_train: PostureTrainConfig = PostureTrainConfig()
+    # The track table.
+    mat: MatTrack = MatTrack()
+    pmd: PmdTrack = PmdTrack()
+
     quantize: QuantizeConfig = QuantizeConfig()
     benchmark: BenchmarkConfig = BenchmarkConfig()
-    gates: GateConfig = GateConfig()
     cluster: ClusterConfig = ClusterConfig()
     ble: BleConfig = BleConfig()
     release: ReleaseConfig = ReleaseConfig()
     agent: AgentConfig = AgentConfig()
+
+    def track(self, dataset: Dataset | str) -> MatTrack | PmdTrack:
+        """The row of the track table a run of `dataset` uses."""
+        return self.pmd if parse_choice(Dataset, dataset) == Dataset.pmd else self.mat
 
     @property
     def s3_url(self) -> str:
@@ -301,15 +367,6 @@ class Settings(BaseSettings):
             )
         stored = json.loads(path.read_text())
         return stored["access_key"], stored["secret_key"]
-
-    def model_name_for(self, dataset: DatasetName) -> str:
-        return self.pmd.model_name if dataset == "pmd" else self.model_name
-
-    def architecture_for(self, dataset: DatasetName) -> Architecture:
-        return self.pmd.architecture if dataset == "pmd" else "mat-mlp"
-
-    def gates_for(self, dataset: DatasetName) -> GateConfig:
-        return self.pmd.gates if dataset == "pmd" else self.gates
 
     def ota_url(self, key: str = "") -> str:
         """Plain-HTTP address a device uses for an object in the OTA bucket."""

@@ -1,0 +1,81 @@
+"""`edgeops demo`: the whole path on this machine, then the promoted model checked as a device would."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgeops.cli.output import console, print_stage_times
+from edgeops.cli.pipeline import ModelNameOption
+from edgeops.cli.stages import DatasetOption
+from edgeops.settings import Dataset, Settings
+
+app = typer.Typer()
+
+
+@app.command()
+def demo(
+    manifest: Annotated[Path | None, typer.Option(help="mat: session manifest (file -> label)")] = None,
+    model_name: ModelNameOption = None,
+    dataset: DatasetOption = Dataset.mat,
+) -> None:
+    """Start the stack, run the pipeline, then fetch and run the promoted model as a device would."""
+    from edgeops.pipeline.demo import run_demo
+
+    settings = Settings()
+    summary = run_demo(
+        settings, manifest or settings.mat.session_manifest, model_name or settings.track(dataset).model_name, dataset
+    )
+    agent = summary["agent"]
+    unchanged = agent["unchanged_poll"]
+    if summary["created_release_keys"]:
+        console.print(f"created TUF signing keys in {summary['release_keys']} (keep them out of git; back them up)")
+    print_stage_times(summary["stage_seconds"], summary["pipeline_seconds"])
+    table = Table(title="edgeops demo", show_header=False)
+    table.add_column("what", no_wrap=True)
+    table.add_column("value", overflow="fold")
+    rows = [
+        ("dataset version", summary["dataset_version"]),
+        ("MLflow run", summary["mlflow_run_url"]),
+        ("test samples", f"{summary['test_samples']:.0f} ({summary['test_split']})"),
+        ("INT8 candidate promoted", f"{summary['int8_strategy']}: {summary['int8_strategy_reason']}"),
+        (
+            "accuracy eager / FP32 / INT8",
+            f"{summary['eager_accuracy']:.4f} / {summary['fp32_accuracy']:.4f} / {summary['int8_accuracy']:.4f}",
+        ),
+        (
+            "latency p50 FP32 / INT8",
+            f"{summary['fp32_latency_p50_ms']:.4f} ms / {summary['int8_latency_p50_ms']:.4f} ms"
+            f" (p95 INT8 {summary['int8_latency_p95_ms']:.4f} ms)",
+        ),
+        ("size FP32 / INT8", f"{summary['fp32_size_bytes']:,} / {summary['int8_size_bytes']:,} bytes"),
+        (
+            "promoted",
+            f"{summary['model_name']} registry version {summary['promoted_version']} "
+            f"(alias '{summary['registry_alias']}'), signed release {summary['release']}",
+        ),
+        (
+            "edge agent",
+            f"installed v{agent['installed_version']} in {agent['install_poll']['seconds']:.2f} s; an unchanged poll: "
+            f"{unchanged['requests']} requests, {unchanged['metadata_bytes']} metadata bytes, "
+            f"{unchanged['target_bytes']} model bytes",
+        ),
+        ("manifest", summary["manifest_url"]),
+        ("model", summary["model_url"]),
+    ]
+    for source, result in summary["device_check"]["predictions"].items():
+        rows.append(
+            (
+                f"device: {source}",
+                f"{result['agreement']:.0%} of {result['samples']} samples read as '{result['label']}'",
+            )
+        )
+    for name, value in rows:
+        table.add_row(name, value)
+    console.print(table)
+    console.print(f"summary: {settings.out_dir / 'demo' / 'summary.json'}")
+    console.print(f"MLflow UI: {summary['mlflow_tracking_uri']}   device manifest: {summary['manifest_url']}")
+    console.print("the stack keeps running; stop it with [bold]make down[/]")

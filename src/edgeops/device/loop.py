@@ -1,0 +1,97 @@
+"""The agent at work: classify frames with the installed model while polling for releases in the background."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections import deque
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from edgeops.device.agent import Agent, AgentError
+from edgeops.device.state import PREDICTIONS_FILE, Report, now
+
+if TYPE_CHECKING:
+    from edgeops.datasets.mat import Frame
+    from edgeops.runtime import Program
+
+
+class Predictor:
+    """Runs the installed model on a sliding window of frames."""
+
+    def __init__(self, agent: Agent, recent: deque[tuple[float, ...]] | None = None) -> None:
+        from edgeops.runtime import Program
+
+        running = agent.state.running_model()
+        if running is None:
+            raise AgentError("no verified model is installed")
+        self.model, self.role = running
+        self.program: Program = Program(agent.state.model_path(self.model))
+        # Frames seen under the previous model carry over: a new model classifies from its first frame.
+        self.window: deque[tuple[float, ...]] = deque(recent or (), maxlen=self.model.input_shape[1])
+
+    def feed(self, frame: Frame) -> dict[str, Any] | None:
+        import torch
+
+        self.window.append(frame.pressures)
+        if len(self.window) < (self.window.maxlen or 0):
+            return None
+        logits = self.program(torch.tensor([list(self.window)], dtype=torch.float32))[0]
+        return {
+            "at": now(),
+            "time": frame.arrival.isoformat(timespec="milliseconds"),
+            "version": self.model.version,
+            "label": self.model.labels[int(logits.argmax())],
+            "logits": [round(float(v), 4) for v in logits],
+        }
+
+
+def run(
+    agent: Agent,
+    interval_s: float,
+    frames: Iterator[Frame] | None,
+    report: Report,
+    stop: threading.Event | None = None,
+) -> None:
+    """Poll every `interval_s` in the background while classifying frames (if any) in the foreground."""
+    stop = stop or threading.Event()
+    changed = threading.Event()
+
+    def poll_forever() -> None:
+        while not stop.is_set():
+            before = agent.state.installed().current
+            try:
+                stats = agent.poll()
+                if agent.state.installed().current != before:
+                    report(f"[agent] {stats.outcome} in {stats.seconds:.2f} s")
+                    changed.set()
+            except AgentError as error:
+                report(f"[agent] poll failed, keeping the running model: {error}")
+            stop.wait(interval_s)
+
+    poller = threading.Thread(target=poll_forever, name="edgeops-poller", daemon=True)
+    poller.start()
+    try:
+        if frames is None:
+            while not stop.wait(3600):
+                pass
+            return
+        predictor: Predictor | None = None
+        with (agent.state.root / PREDICTIONS_FILE).open("a") as log:
+            for frame in frames:
+                if stop.is_set():
+                    break
+                if predictor is None or changed.is_set():
+                    changed.clear()
+                    if agent.state.running_model() is None:
+                        continue  # nothing verified to run yet; the poller is working on it
+                    predictor = Predictor(agent, predictor.window if predictor else None)
+                    report(f"[agent] running v{predictor.model.version} ({predictor.role})")
+                prediction = predictor.feed(frame)
+                if prediction is not None:
+                    log.write(json.dumps(prediction) + "\n")
+                    log.flush()
+                    report(f"{prediction['time']}  v{prediction['version']}  {prediction['label']}")
+    finally:
+        stop.set()
+        poller.join(timeout=agent.config.cycle_deadline_s + agent.config.socket_timeout_s)

@@ -1,0 +1,162 @@
+"""Everything a device keeps, in one directory, and the only code that writes it.
+
+    metadata/        TUF metadata (python-tuf keeps it; it is what makes rollback detectable)
+    models/          <sha256>.pte, only ever models that passed verification and the smoke test
+    downloads/       partial downloads; anything here is disposable
+    installed.json   current and previous (last-known-good) model; replaced atomically = the swap
+    status.json      what a human or a fleet tool wants to know
+    predictions.jsonl
+
+A `kill -9` at any instant leaves `installed.json` either old or new, and both only
+name model files that were complete and fsynced before the swap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from edgeops.files import sha256_file, write_atomically
+from edgeops.ota.release import METADATA
+
+INSTALLED_FILE = "installed.json"
+STATUS_FILE = "status.json"
+PREDICTIONS_FILE = "predictions.jsonl"
+MODELS, DOWNLOADS = "models", "downloads"
+
+Report = Callable[[str], None]
+Role = Literal["current", "previous"]
+
+
+class InstalledModel(BaseModel):
+    version: int
+    channel: str
+    sha256: str
+    size: int
+    release_target: str
+    labels: list[str]
+    input_shape: list[int]
+    output_shape: list[int]
+    installed_at: str
+
+
+class Installed(BaseModel):
+    current: InstalledModel | None = None
+    previous: InstalledModel | None = None  # last-known-good
+    rejected: list[str] = []  # release targets that failed their smoke test: not fetched again
+
+
+class PollStats(BaseModel):
+    outcome: str
+    seconds: float
+    requests: int
+    metadata_bytes: int
+    target_bytes: int
+
+
+class Status(BaseModel):
+    model_name: str
+    channel: str
+    repository: str
+    installed: InstalledModel | None = None
+    running: Role | None = None
+    last_check: str | None = None
+    last_success: str | None = None
+    last_error: str | None = None
+    last_poll: PollStats | None = None
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+class DeviceState:
+    """The state directory of one device following one model's channel."""
+
+    def __init__(self, root: Path, model_name: str, channel: str, repository: str) -> None:
+        self.root = root
+        for directory in (root, self.metadata_dir, self.models_dir, self.downloads_dir):
+            directory.mkdir(parents=True, exist_ok=True)
+        self.status = self._load_status() or Status(model_name=model_name, channel=channel, repository=repository)
+
+    @property
+    def metadata_dir(self) -> Path:
+        return self.root / METADATA
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / MODELS
+
+    @property
+    def downloads_dir(self) -> Path:
+        return self.root / DOWNLOADS
+
+    def installed(self) -> Installed:
+        path = self.root / INSTALLED_FILE
+        return Installed.model_validate_json(path.read_bytes()) if path.exists() else Installed()
+
+    def save_installed(self, installed: Installed) -> None:
+        """The swap: one atomic replace of installed.json."""
+        write_atomically(self.root / INSTALLED_FILE, installed.model_dump_json(indent=2).encode())
+
+    def model_path(self, model: InstalledModel) -> Path:
+        return self.models_dir / f"{model.sha256}.pte"
+
+    def is_intact(self, model: InstalledModel | None) -> bool:
+        if model is None:
+            return False
+        path = self.model_path(model)
+        return path.is_file() and path.stat().st_size == model.size and sha256_file(path) == model.sha256
+
+    def running_model(self) -> tuple[InstalledModel, Role] | None:
+        """The model to run: the current one if intact, else the last-known-good one."""
+        installed = self.installed()
+        if self.is_intact(installed.current):
+            assert installed.current is not None
+            return installed.current, "current"
+        if self.is_intact(installed.previous):
+            assert installed.previous is not None
+            return installed.previous, "previous"
+        return None
+
+    def check_installed(self, report: Report) -> None:
+        """At start: re-verify what is installed; a corrupted copy is removed so the next poll repairs it."""
+        installed = self.installed()
+        for role, model in (("current", installed.current), ("previous", installed.previous)):
+            if model is not None and not self.is_intact(model):
+                self.model_path(model).unlink(missing_ok=True)
+                report(f"[agent] {role} model v{model.version} ({model.sha256[:12]}) is corrupted; removed it")
+        self.update_status()
+
+    def update_status(self, **changes: Any) -> None:
+        running = self.running_model()
+        self.status = self.status.model_copy(
+            update={
+                **changes,
+                "installed": running[0] if running else None,
+                "running": running[1] if running else None,
+            }
+        )
+        write_atomically(self.root / STATUS_FILE, self.status.model_dump_json(indent=2).encode())
+
+    def collect_garbage(self, installed: Installed) -> None:
+        """Keep the current and last-known-good models; everything else, and every download, goes."""
+        keep = {f"{m.sha256}.pte" for m in (installed.current, installed.previous) if m is not None}
+        for path in self.models_dir.iterdir():
+            if path.name not in keep:
+                path.unlink(missing_ok=True)
+        for path in self.downloads_dir.iterdir():
+            path.unlink(missing_ok=True)
+
+    def _load_status(self) -> Status | None:
+        path = self.root / STATUS_FILE
+        if path.exists():
+            try:
+                return Status.model_validate_json(path.read_bytes())
+            except ValueError:
+                pass  # a status file is advisory; start a fresh one
+        return None

@@ -1,0 +1,183 @@
+"""The TUF side of a poll: verified metadata, the newest release of our channel, verified downloads.
+
+python-tuf's ngclient does the verification (root chain, timestamp -> snapshot -> targets, versions
+that never go back, expiry, signatures, lengths and hashes); this module bounds it in time, counts
+what it costs, and reads our release layout on top of it.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import urllib3
+from tuf.api import exceptions as tuf_errors
+from tuf.api.metadata import Metadata, Targets
+from tuf.ngclient import Updater, UpdaterConfig
+from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
+
+from edgeops.device.state import DeviceState
+from edgeops.errors import EdgeopsError
+from edgeops.ota.release import METADATA, Release
+
+CHUNK_BYTES = 64 * 1024
+
+
+class AgentError(EdgeopsError):
+    """A poll failed; the model that was running keeps running."""
+
+
+class MeteredFetcher(Urllib3Fetcher):
+    """Counts what each poll costs and bounds the whole poll, not only the gaps between bytes."""
+
+    def __init__(self, socket_timeout: float, deadline: float) -> None:
+        super().__init__(socket_timeout=int(max(1, socket_timeout)), chunk_size=CHUNK_BYTES)
+        self.deadline = deadline
+        self.requests = self.metadata_bytes = self.target_bytes = 0
+        self._metadata = False
+
+    def _check_deadline(self, url: str) -> None:
+        if time.monotonic() > self.deadline:
+            raise tuf_errors.SlowRetrievalError(f"poll deadline passed while fetching {url}")
+
+    def _fetch(self, url: str) -> Iterator[bytes]:
+        self._check_deadline(url)
+        self.requests += 1
+        self._metadata = f"/{METADATA}/" in url
+        return super()._fetch(url)
+
+    def _chunks(self, response: urllib3.response.BaseHTTPResponse) -> Iterator[bytes]:
+        try:
+            while chunk := response.read1(self.chunk_size):
+                if self._metadata:
+                    self.metadata_bytes += len(chunk)
+                else:
+                    self.target_bytes += len(chunk)
+                yield chunk
+                self._check_deadline(response.geturl() or "")
+        except urllib3.exceptions.TimeoutError as error:
+            raise tuf_errors.SlowRetrievalError("no data within the socket timeout") from error
+        finally:
+            response.release_conn()
+
+
+FAILURE_KINDS: list[tuple[type[Exception], str]] = [
+    (tuf_errors.ExpiredMetadataError, "expired metadata (a frozen repository, or the timestamp was not re-signed)"),
+    (tuf_errors.BadVersionNumberError, "older metadata than the device has seen (rollback)"),
+    (tuf_errors.UnsignedMetadataError, "metadata not signed by the trusted keys"),
+    (tuf_errors.LengthOrHashMismatchError, "a file does not match its signed length and hash"),
+    (tuf_errors.DownloadLengthMismatchError, "more data than the signed length (endless data)"),
+    (tuf_errors.SlowRetrievalError, "the repository is too slow (poll deadline)"),
+    (tuf_errors.DownloadHTTPError, "a signed file is missing from the repository"),
+    (tuf_errors.RepositoryError, "the repository failed verification"),
+    (tuf_errors.DownloadError, "download failed"),
+]
+
+
+def describe(error: Exception) -> str:
+    """Name the class of failure first: that is what an operator acts on."""
+    for kind, meaning in FAILURE_KINDS:
+        if isinstance(error, kind):
+            return f"{meaning}: {type(error).__name__}: {error}"
+    return f"{type(error).__name__}: {error}"
+
+
+class ReleaseUpdater:
+    """One poll's view of one model's repository, verified by python-tuf, for one channel."""
+
+    def __init__(
+        self, state: DeviceState, repository_url: str, trusted_root: Path, model_name: str, channel: str
+    ) -> None:
+        self.state = state
+        self.repository_url = repository_url
+        self.trusted_root = trusted_root
+        self.model_name = model_name
+        self.channel = channel
+
+    def refresh(self, fetcher: MeteredFetcher) -> tuple[Updater, int, str]:
+        """Verified top-level metadata, then the newest release of our channel: (updater, version, target)."""
+        updater = self._updater(fetcher)
+        updater.refresh()
+        version, release_target = self._newest_release()
+        return updater, version, release_target
+
+    def _trusted_root(self) -> bytes:
+        """The newest root this device has verified, else the one it was provisioned with.
+
+        python-tuf keeps `root_history/N.root.json` and points `root.json` at the newest; a kill
+        between its remove and symlink leaves only the history, which is just as trustworthy.
+        """
+        metadata_dir = self.state.metadata_dir
+        cached = metadata_dir / "root.json"
+        if cached.exists():
+            return cached.read_bytes()
+        history = sorted(metadata_dir.glob("root_history/*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+        if history:
+            return history[-1].read_bytes()
+        if self.trusted_root.is_file():
+            return self.trusted_root.read_bytes()
+        raise AgentError(
+            f"no trusted root: provision the device with --root (the publisher's root.json); "
+            f"looked for {self.trusted_root}"
+        )
+
+    def _updater(self, fetcher: MeteredFetcher) -> Updater:
+        for leftover in self.state.metadata_dir.glob("tmp*"):  # python-tuf's temporary files from a killed poll
+            leftover.unlink(missing_ok=True)
+        bootstrap = self._trusted_root()
+        return Updater(
+            metadata_dir=str(self.state.metadata_dir),
+            metadata_base_url=self.repository_url + METADATA + "/",
+            target_base_url=self.repository_url,
+            fetcher=fetcher,
+            # Our target names are content-addressed already.
+            config=UpdaterConfig(prefix_targets_with_hash=False),
+            bootstrap=bootstrap,
+        )
+
+    def _newest_release(self) -> tuple[int, str]:
+        """Highest version in our channel, from the targets metadata refresh() just verified."""
+        targets = Metadata[Targets].from_bytes((self.state.metadata_dir / "targets.json").read_bytes()).signed
+        releases = [
+            (int(target.custom["version"]), path)
+            for path, target in targets.targets.items()
+            if path.startswith("releases/") and target.custom.get("channel") == self.channel
+        ]
+        if not releases:
+            raise AgentError(f"{self.model_name} has no release in channel '{self.channel}'")
+        return max(releases)
+
+    def fetch_release(self, updater: Updater, path: str, version: int) -> Release:
+        info = updater.get_targetinfo(path)
+        if info is None:  # listed a moment ago; only a broken repository gets here
+            raise AgentError(f"{path} vanished from the signed targets")
+        partial = self.state.downloads_dir / "release.json.part"
+        updater.download_target(info, filepath=str(partial))
+        release = Release.model_validate_json(partial.read_bytes())
+        partial.unlink()
+        if (release.model_name, release.channel, release.version) != (self.model_name, self.channel, version):
+            raise AgentError(
+                f"{path} describes {release.model_name} {release.channel} v{release.version}, but is signed as "
+                f"{self.model_name} {self.channel} v{version} (mix-and-match)"
+            )
+        return release
+
+    def fetch_model(self, updater: Updater, release: Release) -> Path:
+        """A verified copy of the release's model: one already kept (e.g. on rollback), or a fresh download."""
+        info = updater.get_targetinfo(release.model_target)
+        if info is None:
+            raise AgentError(f"{release.model_target} is not a signed target")
+        if info.hashes.get("sha256") != release.sha256 or info.length != release.size:
+            raise AgentError(f"{release.model_target} is signed with a different hash or size than its release says")
+        kept = self.state.models_dir / f"{release.sha256}.pte"
+        if updater.find_cached_target(info, str(kept)):
+            return kept
+        candidate = self.state.downloads_dir / f"{release.sha256}.pte"
+        partial = self.state.downloads_dir / f"{release.sha256}.part"
+        updater.download_target(info, filepath=str(partial))  # verifies length and hash
+        with partial.open("rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(partial, candidate)
+        return candidate

@@ -1,0 +1,55 @@
+"""Content hashes every wing agrees on, and the one way edgeops replaces a file: atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any, Literal
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def sha256_file(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make a rename inside `directory` durable."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+@contextmanager
+def atomic_write(path: Path, mode: Literal["wb", "w"] = "wb") -> Iterator[IO[Any]]:
+    """A file written under a fresh temporary name beside `path`, fsynced, and renamed onto `path` only
+    when the `with` block succeeds; the rename is fsynced too.
+
+    Readers, crashes and `kill -9` see the old file or the new one, never half of one; an exception
+    inside the block leaves `path` as it was and no temporary file behind.
+    """
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        handle: IO[Any] = temporary.open("xb") if mode == "wb" else temporary.open("x", newline="")
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+        fsync_dir(path.parent)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    with atomic_write(path) as handle:
+        handle.write(data)

@@ -1,0 +1,1 @@
+"""The networks (`nets`: the mat MLP and PostureNet) and how they are fitted (`training`: recipes, the loop)."""

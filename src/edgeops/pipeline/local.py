@@ -1,0 +1,141 @@
+"""Run the compiled pipeline YAML with KFP's local subprocess runner and report each stage as it recorded itself.
+
+Every component records its own wall time (from its process start) in its output artifact's
+metadata, or on failure its error beside the output (`edgeops.pipeline.task`); this module reads
+those records from the pipeline root afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from edgeops.errors import EdgeopsError
+from edgeops.pipeline.task import FAILURE_FILE, SECONDS, STARTED_AT
+from edgeops.settings import Settings
+
+EXECUTOR_OUTPUT = "executor_output.json"  # what KFP's executor leaves in a task's directory on success
+SUCCESS, FAILURE = "SUCCESS", "FAILURE"
+
+
+class StageOutcome(BaseModel):
+    name: str
+    status: str
+    started_at: float
+    seconds: float
+    error: str = ""
+
+
+class PipelineRun(BaseModel):
+    seconds: float
+    stage_seconds: dict[str, float]
+    stage_status: dict[str, str]
+    promotion_dir: Path | None
+
+
+@contextlib.contextmanager
+def task_environment(settings: Settings) -> Iterator[None]:
+    """Tasks inherit this process's environment, as pods get theirs from Secrets on a cluster."""
+    access_key, secret_key = settings.credentials
+    task_env = {
+        "EDGEOPS_S3_ACCESS_KEY": access_key,
+        "EDGEOPS_S3_SECRET_KEY": secret_key,
+        "EDGEOPS_S3_ENDPOINT": settings.s3_url,
+        "EDGEOPS_MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "EDGEOPS_STATE_DIR": str(settings.state_dir.resolve()),
+        "EDGEOPS_RELEASE__KEYS_DIR": str(settings.release.keys_dir.expanduser().resolve()),
+        "EDGEOPS_PMD__DATA__ROOT": str(settings.pmd.data.root.resolve()),
+        "PYTHONWARNINGS": "ignore::FutureWarning",
+    }
+    saved = {name: os.environ.get(name) for name in task_env}
+    os.environ.update(task_env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def stage_outcomes(run_dir: Path) -> list[StageOutcome]:
+    """What each task of one local run recorded about itself, in the order they started."""
+    outcomes = []
+    for task_dir in (path for path in run_dir.iterdir() if path.is_dir()):
+        failure = task_dir / FAILURE_FILE
+        if failure.is_file():
+            record = json.loads(failure.read_text())
+            status, error = FAILURE, record["error"]
+        elif (record := _stage_metadata(task_dir / EXECUTOR_OUTPUT)) is not None:
+            status, error = SUCCESS, ""
+        else:
+            continue  # not started, or died before its stage began
+        outcomes.append(
+            StageOutcome(
+                name=task_dir.name, status=status, started_at=record[STARTED_AT], seconds=record[SECONDS], error=error
+            )
+        )
+    return sorted(outcomes, key=lambda outcome: outcome.started_at)
+
+
+def _stage_metadata(executor_output: Path) -> dict[str, Any] | None:
+    """The metadata of the output artifact a successful task recorded its stage time in."""
+    if not executor_output.is_file():
+        return None
+    for listed in json.loads(executor_output.read_text()).get("artifacts", {}).values():
+        for artifact in listed.get("artifacts", []):
+            metadata: dict[str, Any] = artifact.get("metadata", {})
+            if SECONDS in metadata:
+                return metadata
+    return None
+
+
+def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path) -> PipelineRun:
+    """Run `settings.pipeline_package` end to end; raise naming the failed stage and its error if one fails."""
+    from kfp import components, local
+
+    package = settings.pipeline_package
+    if not package.is_file():
+        raise EdgeopsError(f"compiled pipeline {package} not found; run `make compile`")
+    pipeline_root = pipeline_root.resolve()
+    pipeline_root.mkdir(parents=True, exist_ok=True)
+    earlier = set(pipeline_root.iterdir())
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
+    pipeline = components.load_component_from_file(str(package))
+    # Local tasks read the manifest from this machine; on a cluster the path is inside the image.
+    manifest = Path(arguments.get("session_manifest", settings.mat.session_manifest))
+    arguments = {**arguments, "session_manifest": str(manifest.resolve())}
+    started = time.perf_counter()
+    try:
+        with task_environment(settings), warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*non-Python base image.*")
+            task = pipeline(**arguments)
+    except RuntimeError as error:
+        failed = [outcome for run_dir in _new_runs(pipeline_root, earlier) for outcome in stage_outcomes(run_dir)]
+        failure = next((outcome for outcome in failed if outcome.status == FAILURE), None)
+        if failure is None:  # the task died before its stage began (e.g. it could not import edgeops)
+            raise EdgeopsError(f"pipeline failed: {error}; see the task's log above") from None
+        raise EdgeopsError(f"pipeline failed at task {failure.name}:\n{failure.error}") from None
+    seconds = time.perf_counter() - started
+    outcomes = [outcome for run_dir in _new_runs(pipeline_root, earlier) for outcome in stage_outcomes(run_dir)]
+    promotion = task.outputs if not isinstance(task.outputs, dict) else next(iter(task.outputs.values()), None)
+    return PipelineRun(
+        seconds=seconds,
+        stage_seconds={outcome.name: outcome.seconds for outcome in outcomes},
+        stage_status={outcome.name: outcome.status for outcome in outcomes},
+        promotion_dir=Path(promotion.path) if promotion is not None else None,
+    )
+
+
+def _new_runs(pipeline_root: Path, earlier: set[Path]) -> list[Path]:
+    """The run directories this call created (KFP names each `<pipeline>-<timestamp>`)."""
+    return sorted(path for path in pipeline_root.iterdir() if path not in earlier and path.is_dir())

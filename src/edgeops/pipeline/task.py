@@ -1,0 +1,48 @@
+"""Inside a KFP component: time the stage and record the outcome where the runner (and the KFP UI) can read it.
+
+On success the time goes into the output artifact's metadata; on failure the error goes into a file
+beside the output, from which the local runner reports the stage that failed and why.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any, Protocol
+
+STARTED_AT, SECONDS = "stage_started_at", "stage_seconds"  # artifact metadata keys
+FAILURE_FILE = "edgeops-failure.json"  # beside a failed task's output
+
+
+class OutputArtifact(Protocol):
+    path: str
+    metadata: dict[str, Any]
+
+
+def process_started_at() -> float:
+    """Wall-clock time this process started, so a stage's time includes its interpreter start-up (Linux;
+    elsewhere, now)."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - (uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return time.time()
+
+
+@contextmanager
+def stage_task(output: OutputArtifact) -> Iterator[None]:
+    """Wrap a component's call to its stage: record its wall time, or its error, for whoever runs the pipeline."""
+    started = process_started_at()
+    try:
+        yield
+    except BaseException as error:
+        failure = {STARTED_AT: started, SECONDS: time.time() - started, "error": f"{type(error).__name__}: {error}"}
+        with suppress(OSError):  # reporting must never hide the error itself
+            Path(output.path).parent.joinpath(FAILURE_FILE).write_text(json.dumps(failure))
+        raise
+    output.metadata.update({STARTED_AT: started, SECONDS: round(time.time() - started, 3)})

@@ -1,0 +1,1 @@
+"""INT8 quantization (`pt2e`: PTQ and QAT) and lowering to XNNPACK (`lowering`), shared by export and LOSO."""

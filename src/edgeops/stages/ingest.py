@@ -1,0 +1,85 @@
+"""Ingest: build the track's versioned dataset, archive it to the raw bucket, open the pipeline run in MLflow.
+
+The track's adapter (`edgeops.datasets`) reads, validates and splits; this stage does all the
+S3 and MLflow work, with one client each.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgeops.datasets import adapter_for
+from edgeops.datasets.base import DATA_FILE, BuiltDataset, DatasetRecord, save_splits
+from edgeops.settings import Dataset, Settings, parse_choice
+from edgeops.stack import tracking
+from edgeops.stack.s3 import put_if_absent, s3_client
+from edgeops.stack.sessions import fetch_session
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+SPLIT_CONTEXTS = {"train": "training", "val": "validation", "test": "testing"}  # MLflow's dataset contexts
+
+
+def ingest(
+    dataset: Dataset | str,
+    out_dir: Path,
+    settings: Settings,
+    manifest: Path | str | None = None,
+    model_name: str | None = None,
+) -> DatasetRecord:
+    """Build `dataset`, archive raw files and the dataset, open the MLflow run every later stage logs into.
+
+    `manifest` (mat) lists the recordings, as a path or the `s3://` URI `edgeops record --upload` prints;
+    `model_name` defaults to the track's. Nothing is written to `out_dir` unless the data is valid.
+    """
+    track = settings.track(parse_choice(Dataset, dataset))
+    model_name = model_name or track.model_name
+    s3 = s3_client(settings)
+    with ExitStack() as scratch:
+        if manifest is not None and str(manifest).startswith("s3:/"):  # Path() folds "s3://" to "s3:/"
+            directory = Path(scratch.enter_context(tempfile.TemporaryDirectory()))
+            manifest = fetch_session(str(manifest), directory, s3)
+        built = adapter_for(track.dataset, settings, Path(manifest) if manifest else None).build()
+        save_splits(built.splits, out_dir)
+        publish_dataset(built, out_dir, s3, settings, track.experiment, model_name)
+    return built.record
+
+
+def publish_dataset(
+    built: BuiltDataset, out_dir: Path, s3: S3Client, settings: Settings, experiment: str, model_name: str
+) -> None:
+    """Archive raw files and the dataset to the raw bucket and open the pipeline run's MLflow run.
+
+    Sets the record's `run_id` and `model_name` and saves it in `out_dir`.
+    """
+    record, bucket = built.record, settings.raw_bucket
+    for key, path in built.raw_files.items():
+        put_if_absent(s3, bucket, key, path.read_bytes(), "text/csv")
+    prefix = f"datasets/{record.version}"
+    s3.upload_file(str(out_dir / DATA_FILE), bucket, f"{prefix}/{DATA_FILE}")
+    s3.put_object(
+        Bucket=bucket,
+        Key=f"{prefix}/{record.record_file}",
+        Body=record.model_dump_json(indent=2).encode(),
+        ContentType="application/json",
+    )
+
+    import mlflow
+
+    with tracking.start_run(settings, experiment, run_name=f"{model_name}-{record.version}") as run:
+        mlflow.set_tags({"dataset_version": record.version, "dataset": record.dataset, "model_name": model_name})
+        mlflow.log_params(built.params)
+        for split, context in SPLIT_CONTEXTS.items():
+            x, y = built.splits[split]
+            logged = mlflow.data.from_numpy(
+                x, targets=y, source=f"s3://{bucket}/{prefix}/{DATA_FILE}", name=f"{record.version}-{split}"
+            )
+            mlflow.log_input(logged, context=context)
+        mlflow.log_metrics({f"dataset_{split}_samples": count for split, count in record.samples.items()})
+        record.run_id, record.model_name = run.info.run_id, model_name
+        mlflow.log_dict(record.model_dump(mode="json"), "dataset/dataset.json")
+    record.save(out_dir)

@@ -1,0 +1,123 @@
+"""The compiled pipeline, run by KFP's local runner against a real stack, checked where it lands."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from edgeops.datasets.mat import read_recording, windows
+from edgeops.errors import EdgeopsError
+from edgeops.files import sha256_bytes
+from edgeops.pipeline.arguments import pipeline_arguments
+from edgeops.pipeline.local import run_local
+from edgeops.runtime import Program
+from edgeops.settings import Settings
+from edgeops.stack import tracking
+from edgeops.stack.s3 import s3_client
+from edgeops.stages.promote import Promotion
+from tests.conftest import REPO
+
+STAGES = ["ingest", "train", "export", "benchmark", "verify", "promote"]
+MODEL = "mat-occupancy"
+
+
+def http_get(url: str) -> bytes | None:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return bytes(response.read())
+    except urllib.error.HTTPError as error:
+        if error.code == 404:
+            return None
+        raise
+
+
+def test_committed_pipeline_yaml_is_current(tmp_path: Path) -> None:
+    script = (
+        "import sys, pathlib; from pipelines.edgeops_pipeline import compile_all; "
+        "compile_all(pathlib.Path(sys.argv[1]))"
+    )
+    subprocess.run([sys.executable, "-c", script, str(tmp_path)], cwd=REPO, check=True, timeout=120)
+    for name in ("edgeops.yaml", "edgeops_cluster.yaml"):
+        fresh, committed = (tmp_path / name).read_text(), (REPO / "pipelines" / name).read_text()
+        assert fresh == committed, f"pipelines/{name} is stale: run `make compile` and commit it"
+
+
+def test_pipeline_end_to_end(stack_settings: Settings, mat_session: Path, tmp_path: Path) -> None:
+    settings = Settings()  # the stack fixture's environment, which the KFP tasks inherit too
+    run = run_local(settings, pipeline_arguments(settings, mat_session, MODEL), tmp_path / "kfp")
+    assert list(run.stage_status) == STAGES
+    assert set(run.stage_status.values()) == {"SUCCESS"}
+    assert run.promotion_dir is not None
+    promotion = Promotion.model_validate_json((run.promotion_dir / "promotion.json").read_text())
+
+    # A device's view: anonymous HTTP only.
+    manifest_bytes = http_get(settings.ota_url(f"{MODEL}/latest.json"))
+    assert manifest_bytes is not None
+    manifest = json.loads(manifest_bytes)
+    assert manifest["registry_version"] == promotion.version and manifest["version"] == promotion.release_version
+    model = http_get(settings.ota_url(manifest["model_key"]))
+    assert model is not None and sha256_bytes(model) == manifest["sha256"] and len(model) == manifest["size"]
+    assert manifest["model_key"] == f"{MODEL}/models/{manifest['sha256']}.pte"
+    assert manifest["labels"] == ["empty_or_cat", "occupied"]
+    assert manifest["input"]["shape"] == [1, 8, 4] and manifest["input"]["units"] == "Pa"
+
+    # The raw recordings and the dataset landed in the raw bucket, content-addressed.
+    s3 = s3_client(settings)
+    raw_keys = {item["Key"] for item in s3.list_objects_v2(Bucket="raw")["Contents"]}
+    for file in ("occupied.csv", "empty_or_cat.csv"):
+        assert f"recordings/{sha256_bytes((mat_session.parent / file).read_bytes())}.csv" in raw_keys
+    assert f"datasets/{manifest['dataset_version']}/dataset.npz" in raw_keys
+
+    # MLflow holds the run, the figures, the hash and the registry alias.
+    client = tracking.client(settings)
+    mlflow_run = client.get_run(manifest["source_run_id"])
+    metrics = mlflow_run.data.metrics
+    assert metrics["int8_accuracy"] >= 0.98
+    assert metrics["fp32_accuracy"] - metrics["int8_accuracy"] <= 0.005
+    assert metrics["int8_accuracy"] == manifest["metrics"]["int8_accuracy"]
+    assert mlflow_run.data.tags["int8_sha256"] == manifest["sha256"]
+    assert mlflow_run.data.tags["promoted_version"] == str(manifest["registry_version"])
+    alias = client.get_model_version_by_alias(MODEL, "production")
+    assert alias.version == str(manifest["registry_version"]) and alias.run_id == mlflow_run.info.run_id
+    assert alias.tags["sha256"] == manifest["sha256"]
+
+    # The published model runs in the ExecuTorch runtime on raw frames of a real recording.
+    pte = tmp_path / "device.pte"
+    pte.write_bytes(model)
+    recording = read_recording(mat_session.parent / "occupied.csv", "occupied", settings.mat.data)
+    frames = torch.from_numpy(windows(recording.pressures, 8, 8).astype(np.float32))
+    predictions = [int(Program(pte)(frames[i : i + 1]).argmax()) for i in range(len(frames))]
+    assert np.mean(np.array(predictions) == 1) >= 0.95
+
+    # The edge agent installs the signed release (smoke test on the published reference input
+    # included), then classifies a recording replayed at ten times its pace.
+    device = tmp_path / "device"
+    agent = [sys.executable, "-m", "edgeops", "agent", "--state-dir", str(device), "--model", MODEL]
+    once = subprocess.run([*agent, "--once"], capture_output=True, text=True, timeout=300, check=False)
+    assert once.returncode == 0, once.stdout + once.stderr
+    status = json.loads((device / "status.json").read_text())
+    assert status["installed"]["sha256"] == manifest["sha256"] and status["running"] == "current"
+    assert status["installed"]["version"] == promotion.release_version
+
+
+def test_a_failed_gate_stops_the_pipeline_before_promotion(
+    stack_settings: Settings, mat_session: Path, tmp_path: Path
+) -> None:
+    settings = Settings()
+    manifest_before = http_get(settings.ota_url(f"{MODEL}/latest.json"))
+    arguments = pipeline_arguments(settings, mat_session, MODEL)
+    arguments["gates"] |= {"min_int8_accuracy": 1.5}
+    with pytest.raises(EdgeopsError, match="pipeline failed at task verify") as error:
+        run_local(settings, arguments, tmp_path / "kfp")
+    assert "GateError: no INT8 candidate passed the quality gates, nothing will be promoted" in str(error.value)
+    assert re.search(r"min_int8_accuracy: [\d.]+ \(must be >= 1\.5\) FAILED by 0\.[5-9]", str(error.value))
+    assert http_get(settings.ota_url(f"{MODEL}/latest.json")) == manifest_before

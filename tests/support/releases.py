@@ -1,0 +1,83 @@
+"""Real but tiny ExecuTorch programs and signed releases of them, for publisher and agent tests."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import cache
+
+import torch
+
+from edgeops.files import sha256_bytes
+from edgeops.ota.keys import Keyring
+from edgeops.ota.publisher import publish
+from edgeops.ota.release import Release, model_target
+from edgeops.settings import Settings
+from edgeops.stack.s3 import s3_client
+
+INPUT_SHAPE = [1, 8, 4]
+OUTPUT_SHAPE = [1, 2]
+
+
+@dataclass(frozen=True)
+class TinyModel:
+    data: bytes
+    reference_input: list[object]
+    reference_output: list[object]
+
+    @property
+    def sha256(self) -> str:
+        return sha256_bytes(self.data)
+
+
+@cache
+def tiny_model(seed: int) -> TinyModel:
+    """A linear classifier with the mat model's signature, lowered to XNNPACK; distinct per seed."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 2)).eval()
+    example = torch.randn(*INPUT_SHAPE)
+    program = to_edge_transform_and_lower(
+        torch.export.export(model, (example,)), partitioner=[XnnpackPartitioner()]
+    ).to_executorch()
+    with torch.no_grad():
+        output = model(example)
+    return TinyModel(bytes(program.buffer), example.tolist(), output.tolist())
+
+
+def unique_model_name(prefix: str = "ota") -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def draft(name: str, model: TinyModel, channel: str = "stable", **changes: object) -> Release:
+    release = Release(
+        model_name=name,
+        channel=channel,
+        model_target=model_target(model.sha256),
+        model_key=f"{name}/{model_target(model.sha256)}",
+        sha256=model.sha256,
+        size=len(model.data),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        labels=["empty_or_cat", "occupied"],
+        input={"shape": INPUT_SHAPE, "dtype": "float32"},
+        output={"shape": OUTPUT_SHAPE, "dtype": "float32"},
+        reference_input=model.reference_input,
+        reference_output=model.reference_output,
+    )
+    return release.model_copy(update=changes)
+
+
+def release(settings: Settings, name: str, model: TinyModel, channel: str = "stable", **changes: object) -> Release:
+    """Publish `model` as the next release of `name` with the test keys."""
+    keyring = Keyring.load(settings.release)
+    return publish(
+        s3_client(settings),
+        settings.ota_bucket,
+        keyring,
+        settings.release,
+        draft(name, model, channel, **changes),
+        model.data,
+    )
