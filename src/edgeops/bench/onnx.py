@@ -26,7 +26,7 @@ ActivationType = Literal["QInt8", "QUInt8"]  # names of onnxruntime.quantization
 
 
 class CalibrationReader:
-    """Feeds ORT's calibration one window at a time, as PT2E calibration in export.py does.
+    """Feeds ORT's calibration one window at a time, as PT2E calibration in the export stage does.
 
     `set_range` lets ORT calibrate in chunks (CalibStridedMinMax), folding min/max
     after each, so it never holds every activation of the whole calibration set.

@@ -1,6 +1,6 @@
 """The in-bed pressure-map track's dataset: PhysioNet PMD experiment-i, read, cleaned, split by subject.
 
-Layout: `<data_dir>/<experiment>/S<n>/<posture>.txt`, one frame per line (a 64 x 32
+Layout: `<root>/<experiment>/S<n>/<posture>.txt`, one frame per line (a 64 x 32
 grid, row-major, tab-separated, CRLF). Leading frames are often blank or garbled,
 so frames are dropped by rule and counted, never silently. Splits are by subject:
 the model is judged on people it never saw, as in deployment.

@@ -38,14 +38,15 @@ def ingest(
     """
     track = settings.track(parse_choice(Dataset, dataset))
     model_name = model_name or track.model_name
-    s3 = s3_client(settings)
+    s3: S3Client | None = None
     with ExitStack() as scratch:
         if manifest is not None and str(manifest).startswith("s3:/"):  # Path() folds "s3://" to "s3:/"
+            s3 = s3_client(settings)
             directory = Path(scratch.enter_context(tempfile.TemporaryDirectory()))
             manifest = fetch_session(str(manifest), directory, s3)
-        built = adapter_for(track.dataset, settings, Path(manifest) if manifest else None).build()
+        built = adapter_for(track.dataset, settings, Path(manifest) if manifest else None).build()  # validates
         save_splits(built.splits, out_dir)
-        publish_dataset(built, out_dir, s3, settings, track.experiment, model_name)
+        publish_dataset(built, out_dir, s3 or s3_client(settings), settings, track.experiment, model_name)
     return built.record
 
 
