@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -79,3 +80,16 @@ def test_stop_never_kills_a_process_that_reused_a_stale_pid(tmp_path: Path) -> N
     finally:
         stranger.kill()
         stranger.wait()
+
+
+def test_a_service_that_dies_while_starting_is_named_with_its_log(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    dying = supervisor.Service(
+        name="dying",
+        command=[sys.executable, "-c", "import sys; print('cannot start: no config'); sys.exit(3)"],
+        ports={"dying_port": port},
+        health_url=f"http://127.0.0.1:{port}/",
+    )
+    with pytest.raises(supervisor.StackError, match="dying exited during start-up") as error:
+        supervisor.start_service(Settings(state_dir=tmp_path), dying)
+    assert "cannot start: no config" in str(error.value)

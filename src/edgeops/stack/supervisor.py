@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -234,12 +235,12 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def _wait_healthy(settings: Settings, service: Service, pid: int) -> None:
+def _wait_healthy(settings: Settings, service: Service, exited: Callable[[], bool]) -> None:
     deadline = time.monotonic() + settings.startup_timeout_s
     while time.monotonic() < deadline:
         if _http_status(service.health_url) in service.healthy_statuses:
             return
-        if _running_pid(settings, service.name) != pid:
+        if exited():
             log = _log_file(settings, service.name)
             raise StackError(f"{service.name} exited during start-up; last lines of {log}:\n{_tail(log)}")
         time.sleep(0.5)
@@ -249,10 +250,10 @@ def _wait_healthy(settings: Settings, service: Service, pid: int) -> None:
     )
 
 
-def _start_service(settings: Settings, service: Service) -> None:
+def start_service(settings: Settings, service: Service) -> None:
     pid = _running_pid(settings, service.name)
     if pid is not None:
-        _wait_healthy(settings, service, pid)
+        _wait_healthy(settings, service, lambda: _running_pid(settings, service.name) != pid)
         console.print(f"[green]✓[/] {service.name} already running (pid {pid})")
         return
     for setting, port in service.ports.items():
@@ -278,7 +279,8 @@ def _start_service(settings: Settings, service: Service) -> None:
         )
     _pid_file(settings, service.name).write_text(str(process.pid))
     with console.status(f"waiting for {service.name} at {service.health_url} …"):
-        _wait_healthy(settings, service, process.pid)
+        # Our own child: ask it, not /proc, whose cmdline reads empty for a moment while it execs.
+        _wait_healthy(settings, service, lambda: process.poll() is not None)
     console.print(
         f"[green]✓[/] {service.name} healthy in {time.monotonic() - started:.1f} s (pid {process.pid}, log {log})"
     )
@@ -316,9 +318,9 @@ def ensure_buckets(settings: Settings) -> None:
 def start(settings: Settings) -> None:
     """Start (or confirm) the S3 server, the buckets and the MLflow server."""
     state_path(settings).mkdir(parents=True, exist_ok=True)
-    _start_service(settings, s3_service(settings))
+    start_service(settings, s3_service(settings))
     ensure_buckets(settings)
-    _start_service(settings, mlflow_service(settings))
+    start_service(settings, mlflow_service(settings))
 
 
 def _stop_pid(name: str, pid: int, timeout_s: float) -> None:
