@@ -346,6 +346,10 @@ class Settings(BaseSettings):
         """The row of the track table a run of `dataset` uses."""
         return self.pmd if parse_choice(Dataset, dataset) == Dataset.pmd else self.mat
 
+    def track_of(self, model_name: str) -> Dataset | None:
+        """The track whose row names `model_name`, if any: that name publishes only that track's models."""
+        return next((row.dataset for row in (self.mat, self.pmd) if row.model_name == model_name), None)
+
     @property
     def s3_url(self) -> str:
         return self.s3_endpoint or f"http://{self.host}:{self.s3_port}"

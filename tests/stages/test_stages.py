@@ -23,7 +23,7 @@ from edgeops.pipeline.demo import http_get
 from edgeops.runtime import Program
 from edgeops.settings import BenchmarkConfig, Dataset, GateConfig, MatTrainConfig, Settings
 from edgeops.stack import tracking
-from edgeops.stack.s3 import s3_client
+from edgeops.stack.s3 import get_if_present, s3_client
 from edgeops.stages.benchmark import BenchmarkReport, benchmark
 from edgeops.stages.export import ExportedModels, export
 from edgeops.stages.ingest import ingest
@@ -281,3 +281,12 @@ def test_promote_refuses_a_file_that_changed_after_verify(chain: Chain, tmp_path
     (copy / MODEL_FILE).write_bytes(b"not the verified model")
     with pytest.raises(PromotionError, match="does not match the verified sha256"):
         promote(copy, tmp_path / "out", chain.settings)
+
+
+def test_promote_refuses_a_model_under_another_tracks_name(chain: Chain, tmp_path: Path) -> None:
+    other = chain.settings.pmd.model_name
+    with pytest.raises(PromotionError, match=f"{other} is the pmd track's model name; refusing to publish a mat model"):
+        promote(chain.dirs["verify"], tmp_path / "out", chain.settings, model_name=other)
+    s3 = s3_client(chain.settings)
+    assert get_if_present(s3, chain.settings.ota_bucket, f"{other}/metadata/timestamp.json") is None
+    assert not (tmp_path / "out").exists()

@@ -9,11 +9,13 @@ from functools import cache
 
 import torch
 
+from edgeops.datasets import signature_for
+from edgeops.datasets.base import ModelSignature
 from edgeops.files import sha256_bytes
 from edgeops.ota.keys import Keyring
 from edgeops.ota.publisher import publish
 from edgeops.ota.release import Release, model_target
-from edgeops.settings import Settings
+from edgeops.settings import Dataset, Settings
 from edgeops.stack.s3 import s3_client
 
 INPUT_SHAPE = [1, 8, 4]
@@ -25,6 +27,7 @@ class TinyModel:
     data: bytes
     reference_input: list[object]
     reference_output: list[object]
+    signature: ModelSignature  # the track's: what a device of that track feeds it
 
     @property
     def sha256(self) -> str:
@@ -32,20 +35,22 @@ class TinyModel:
 
 
 @cache
-def tiny_model(seed: int) -> TinyModel:
-    """A linear classifier with the mat model's signature, lowered to XNNPACK; distinct per seed."""
+def tiny_model(seed: int, track: Dataset = Dataset.mat) -> TinyModel:
+    """A linear classifier with `track`'s model signature (default settings), lowered to XNNPACK; distinct per seed."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
+    signature = signature_for(track, Settings())
     torch.manual_seed(seed)
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(32, 2)).eval()
-    example = torch.randn(*INPUT_SHAPE)
+    inputs = int(torch.tensor(signature.input_shape).prod())
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(inputs, len(signature.labels))).eval()
+    example = torch.randn(*signature.input_shape)
     program = to_edge_transform_and_lower(
         torch.export.export(model, (example,)), partitioner=[XnnpackPartitioner()]
     ).to_executorch()
     with torch.no_grad():
         output = model(example)
-    return TinyModel(bytes(program.buffer), example.tolist(), output.tolist())
+    return TinyModel(bytes(program.buffer), example.tolist(), output.tolist(), signature)
 
 
 def unique_model_name(prefix: str = "ota") -> str:
@@ -61,9 +66,10 @@ def draft(name: str, model: TinyModel, channel: str = "stable", **changes: objec
         sha256=model.sha256,
         size=len(model.data),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        labels=["empty_or_cat", "occupied"],
-        input={"shape": INPUT_SHAPE, "dtype": "float32"},
-        output={"shape": OUTPUT_SHAPE, "dtype": "float32"},
+        dataset=model.signature.dataset,
+        labels=model.signature.labels,
+        input={"shape": model.signature.input_shape, "dtype": "float32", "units": model.signature.input_units},
+        output={"shape": model.signature.output_shape, "dtype": "float32"},
         reference_input=model.reference_input,
         reference_output=model.reference_output,
     )

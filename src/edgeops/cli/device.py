@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edgeops.cli.output import console, errors
-from edgeops.settings import Settings
+from edgeops.settings import Dataset, Settings
 
 if TYPE_CHECKING:
     from edgeops.datasets.mat import Frame
@@ -36,13 +36,17 @@ def agent(
     repository: Annotated[str | None, typer.Option(help="base URL of the model's releases")] = None,
     speed: Annotated[float, typer.Option(help="replay this many times faster than recorded")] = 1.0,
     repeat: Annotated[bool, typer.Option("--repeat", help="start the source again when it ends")] = False,
+    track: Annotated[
+        Dataset | None,
+        typer.Option(help="the data this device feeds (default: the track whose model --model names, else mat)"),
+    ] = None,
 ) -> None:
     """The edge agent: install signed releases safely, and classify frames with the installed model."""
     from edgeops.device.agent import Agent, AgentError
     from edgeops.device.loop import run
 
     settings = Settings()
-    device = Agent(settings, state_dir, model, channel, repository, root, report=console.print)
+    device = Agent(settings, state_dir, model, channel, repository, root, report=console.print, track=track)
     device.check_installed()
     if once:
         try:

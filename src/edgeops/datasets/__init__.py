@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from edgeops.datasets.base import DatasetAdapter
+from edgeops.datasets.base import DatasetAdapter, ModelSignature
 from edgeops.settings import Dataset, Settings
 
 
@@ -21,3 +21,14 @@ def adapter_for(dataset: Dataset, settings: Settings, manifest: Path | None = No
     from edgeops.datasets.mat import MatAdapter
 
     return MatAdapter(manifest or settings.mat.session_manifest, settings.mat.data, settings.raw_bucket)
+
+
+def signature_for(dataset: Dataset, settings: Settings) -> ModelSignature:
+    """What a model of `dataset`'s track takes and returns, with this machine's settings of that track."""
+    if dataset == Dataset.pmd:
+        from edgeops.datasets.pmd import signature as pmd_signature
+
+        return pmd_signature(settings.pmd.data)
+    from edgeops.datasets.mat import signature as mat_signature
+
+    return mat_signature(settings.mat.data)

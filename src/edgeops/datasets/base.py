@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+from pydantic import BaseModel
 
 from edgeops.records import StageRecord
 from edgeops.settings import Dataset
@@ -21,6 +22,22 @@ SPLITS = ("train", "val", "test")
 DATA_FILE = "dataset.npz"
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (x, y)
+
+
+class ModelSignature(BaseModel, frozen=True):
+    """What a model of one track takes and returns: what a device serving that track can feed and read.
+
+    A release states it; an agent refuses a release whose signature is not its track's.
+    """
+
+    dataset: Dataset
+    input_shape: list[int]  # one sample, batch 1
+    input_units: str
+    labels: list[str]
+
+    @property
+    def output_shape(self) -> list[int]:
+        return [1, len(self.labels)]
 
 
 class DatasetRecord(StageRecord):

@@ -17,11 +17,13 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel
 
-from edgeops.datasets.base import SPLITS, BuiltDataset, DatasetRecord, Splits, content_version
+from edgeops.datasets.base import SPLITS, BuiltDataset, DatasetRecord, ModelSignature, Splits, content_version
 from edgeops.errors import InputError
 from edgeops.files import sha256_bytes
 from edgeops.settings import Dataset, MatDataConfig
 
+INPUT_UNITS = "Pa"
+INPUT_LAYOUT = "[batch, frame, chamber], oldest frame first"
 MANIFEST_FILE = "session.json"  # a session directory's list of recordings: {"recordings": [{"file", "label"}]}
 RECORDINGS_PREFIX = "recordings"  # raw-bucket prefix of recordings, stored under their content hash
 
@@ -195,6 +197,16 @@ def build_splits(recordings: list[Recording], config: MatDataConfig) -> Splits:
     }
 
 
+def signature(config: MatDataConfig) -> ModelSignature:
+    """A mat model takes `window` consecutive frames of every chamber, in Pa."""
+    return ModelSignature(
+        dataset=Dataset.mat,
+        input_shape=[1, config.window, len(config.channel_columns)],
+        input_units=INPUT_UNITS,
+        labels=config.labels,
+    )
+
+
 def dataset_version(sources: list[Source], config: MatDataConfig) -> str:
     """Content hash of the inputs and the preprocessing config, not of file names or paths."""
     return content_version(
@@ -224,12 +236,13 @@ class MatAdapter:
             key = f"{RECORDINGS_PREFIX}/{source.sha256}.csv"
             source.uri = f"s3://{self.raw_bucket}/{key}"
             raw_files[key] = path
+        model = signature(config)
         record = MatDatasetRecord(
             version=dataset_version(sources, config),
-            labels=config.labels,
-            input_shape=[1, config.window, len(config.channel_columns)],
-            input_units="Pa",
-            input_layout="[batch, frame, chamber], oldest frame first",
+            labels=model.labels,
+            input_shape=model.input_shape,
+            input_units=model.input_units,
+            input_layout=INPUT_LAYOUT,
             samples={split: len(splits[split][1]) for split in SPLITS},
             description=(
                 f"Decides whether a person is on the haptic mat from {config.window} consecutive BLE frames of "

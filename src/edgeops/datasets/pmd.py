@@ -18,7 +18,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 from pydantic import BaseModel
 
-from edgeops.datasets.base import SPLITS, BuiltDataset, DatasetRecord, Splits, content_version
+from edgeops.datasets.base import SPLITS, BuiltDataset, DatasetRecord, ModelSignature, Splits, content_version
 from edgeops.errors import InputError
 from edgeops.files import sha256_bytes, sha256_file
 from edgeops.settings import Dataset, PmdDataConfig
@@ -95,6 +95,20 @@ def labels_for(label_set: str) -> list[str]:
     if label_set == "posture17":
         return [POSTURES[number] for number in sorted(POSTURES)]
     raise InputError([f"unknown label set '{label_set}' (known: {', '.join(LABEL_SETS)})"])
+
+
+def input_units(full_scale: float) -> str:
+    return f"raw pressure-sensor counts, 0 to {full_scale:g} (12-bit)"
+
+
+def signature(config: PmdDataConfig) -> ModelSignature:
+    """A posture model takes one raw pressure map."""
+    return ModelSignature(
+        dataset=Dataset.pmd,
+        input_shape=[1, 1, config.rows, config.cols],
+        input_units=input_units(config.max_value),
+        labels=labels_for(config.label_set),
+    )
 
 
 def label_map(label_set: str) -> dict[int, int]:
@@ -428,7 +442,7 @@ def dataset_info(
         label_set=data.label_set,
         labels=labels,
         input_shape=[1, *data.frames.shape[1:]],
-        input_units=f"raw pressure-sensor counts, 0 to {full_scale:g} (12-bit)",
+        input_units=input_units(full_scale),
         input_layout=f"[batch, 1, {rows} rows head to foot, {cols} columns]",
         samples={split: len(splits[split][1]) for split in SPLITS},
         description=(

@@ -12,11 +12,13 @@ import threading
 import time
 from pathlib import Path
 
+from edgeops.datasets import signature_for
 from edgeops.device.installer import install, reject
 from edgeops.device.smoke import smoke_test
 from edgeops.device.state import DeviceState, PollStats, Report, now
 from edgeops.device.updater import AgentError, MeteredFetcher, ReleaseUpdater, describe
-from edgeops.settings import Settings
+from edgeops.ota.release import Release
+from edgeops.settings import Dataset, Settings
 
 __all__ = ["Agent", "AgentError"]
 
@@ -33,13 +35,20 @@ class Agent:
         repository_url: str | None = None,
         trusted_root: Path | None = None,
         report: Report | None = None,
+        track: Dataset | None = None,
     ) -> None:
+        """`track` is the kind of data this device feeds its model; by default the track whose row in the
+        track table names `model_name`, else the mat's."""
         self.config = settings.agent
         self.model_name = model_name or settings.mat.model_name
+        self.track = track or settings.track_of(self.model_name) or Dataset.mat
+        self.signature = signature_for(self.track, settings)
         self.channel = channel or settings.release.channel
         self.repository_url = (repository_url or settings.ota_url(self.model_name)).rstrip("/") + "/"
         self.report = report or (lambda _message: None)
-        self.state = DeviceState(state_dir or self.config.state_dir, self.model_name, self.channel, self.repository_url)
+        self.state = DeviceState(
+            state_dir or self.config.state_dir, self.model_name, self.track, self.channel, self.repository_url
+        )
         self.updater = ReleaseUpdater(
             self.state,
             self.repository_url,
@@ -70,7 +79,10 @@ class Agent:
             return stats
 
     def _poll(self, fetcher: MeteredFetcher) -> str:
-        updater, version, release_target = self.updater.refresh(fetcher)
+        updater, newest = self.updater.refresh(fetcher)
+        version, release_target = newest.version, newest.target
+        if newest.track is not None and newest.track != self.track:  # refused before any download
+            raise AgentError(self._wrong_track(version, f"is signed for the {newest.track} track"))
         installed = self.state.installed()
         current = installed.current
         if current is not None and version < current.version:
@@ -84,6 +96,9 @@ class Agent:
             return f"v{version} was rejected earlier; staying on v{current.version if current else '-'}"
 
         release = self.updater.fetch_release(updater, release_target, version)
+        mismatches = self._mismatches(release)
+        if mismatches:  # refused before the model is downloaded
+            raise AgentError(self._wrong_track(version, "; ".join(mismatches)))
         candidate = self.updater.fetch_model(updater, release)
         try:
             smoke_test(candidate, release, self.config.smoke_tolerance)
@@ -94,6 +109,24 @@ class Agent:
             ) from None
         install(self.state, installed, candidate, release, release_target)
         return f"installed v{version}"
+
+    def _mismatches(self, release: Release) -> list[str]:
+        """How the release's signature differs from what this device can feed and read."""
+        expected = self.signature
+        found = [
+            ("track", release.dataset, expected.dataset),
+            ("input shape", release.input.get("shape"), expected.input_shape),
+            ("input units", release.input.get("units"), expected.input_units),
+            ("labels", release.labels, expected.labels),
+            ("output shape", release.output.get("shape"), expected.output_shape),
+        ]
+        return [f"{what} {actual} (this device: {wanted})" for what, actual, wanted in found if actual != wanted]
+
+    def _wrong_track(self, version: int, why: str) -> str:
+        return (
+            f"release v{version} of {self.model_name} does not fit this {self.track} device and was not installed: "
+            f"{why}; publish the track's models under their own name, or give the agent the right --model/--track"
+        )
 
 
 def _stats(outcome: str, started: float, fetcher: MeteredFetcher) -> PollStats:

@@ -1,5 +1,6 @@
 """Everything a device keeps, in one directory, and the only code that writes it.
 
+    device.json      the repository this directory belongs to: model name and track, fixed at first use
     metadata/        TUF metadata (python-tuf keeps it; it is what makes rollback detectable)
     models/          <sha256>.pte, only ever models that passed verification and the smoke test
     downloads/       partial downloads; anything here is disposable
@@ -20,9 +21,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from edgeops.errors import EdgeopsError
 from edgeops.files import sha256_file, write_atomically
 from edgeops.ota.release import METADATA
+from edgeops.settings import Dataset
 
+DEVICE_FILE = "device.json"
 INSTALLED_FILE = "installed.json"
 STATUS_FILE = "status.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -30,6 +34,17 @@ MODELS, DOWNLOADS = "models", "downloads"
 
 Report = Callable[[str], None]
 Role = Literal["current", "previous"]
+
+
+class StateDirError(EdgeopsError):
+    """The state directory belongs to another repository (model name or track) than the agent follows."""
+
+
+class Binding(BaseModel):
+    """Which repository a state directory follows: its TUF metadata and models mean nothing for another."""
+
+    model_name: str
+    track: Dataset
 
 
 class InstalledModel(BaseModel):
@@ -60,6 +75,7 @@ class PollStats(BaseModel):
 
 class Status(BaseModel):
     model_name: str
+    track: str = ""
     channel: str
     repository: str
     installed: InstalledModel | None = None
@@ -77,11 +93,35 @@ def now() -> str:
 class DeviceState:
     """The state directory of one device following one model's channel."""
 
-    def __init__(self, root: Path, model_name: str, channel: str, repository: str) -> None:
+    def __init__(self, root: Path, model_name: str, track: Dataset, channel: str, repository: str) -> None:
         self.root = root
+        self._bind(Binding(model_name=model_name, track=track))
         for directory in (root, self.metadata_dir, self.models_dir, self.downloads_dir):
             directory.mkdir(parents=True, exist_ok=True)
-        self.status = self._load_status() or Status(model_name=model_name, channel=channel, repository=repository)
+        self.status = self._load_status() or Status(
+            model_name=model_name, track=track, channel=channel, repository=repository
+        )
+
+    def _bind(self, wanted: Binding) -> None:
+        """Tie a new directory to one repository; refuse, before touching anything, one that follows another."""
+        path = self.root / DEVICE_FILE
+        if path.is_file():
+            bound = Binding.model_validate_json(path.read_bytes())
+            if bound != wanted:
+                raise StateDirError(
+                    f"{self.root} is the state of a device following {bound.model_name} ({bound.track} track), "
+                    f"not {wanted.model_name} ({wanted.track} track): its verified metadata and models belong "
+                    "to that repository; give this agent another --state-dir"
+                )
+            return
+        earlier = self._load_status()  # a directory from before bindings: its status names its model
+        if earlier is not None and earlier.model_name != wanted.model_name:
+            raise StateDirError(
+                f"{self.root} is the state of a device following {earlier.model_name}, not {wanted.model_name}; "
+                "give this agent another --state-dir"
+            )
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, wanted.model_dump_json(indent=2).encode())
 
     @property
     def metadata_dir(self) -> Path:

@@ -11,6 +11,7 @@ import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import urllib3
 from tuf.api import exceptions as tuf_errors
@@ -27,6 +28,14 @@ CHUNK_BYTES = 64 * 1024
 
 class AgentError(EdgeopsError):
     """A poll failed; the model that was running keeps running."""
+
+
+class NewestRelease(NamedTuple):
+    """The newest release of a channel, as the signed targets metadata lists it."""
+
+    version: int
+    target: str  # the descriptor's target path
+    track: str | None  # the dataset the release is for; None in releases published before tracks were signed
 
 
 class MeteredFetcher(Urllib3Fetcher):
@@ -96,12 +105,11 @@ class ReleaseUpdater:
         self.model_name = model_name
         self.channel = channel
 
-    def refresh(self, fetcher: MeteredFetcher) -> tuple[Updater, int, str]:
-        """Verified top-level metadata, then the newest release of our channel: (updater, version, target)."""
+    def refresh(self, fetcher: MeteredFetcher) -> tuple[Updater, NewestRelease]:
+        """Verified top-level metadata, then the newest release of our channel."""
         updater = self._updater(fetcher)
         updater.refresh()
-        version, release_target = self._newest_release()
-        return updater, version, release_target
+        return updater, self._newest_release()
 
     def _trusted_root(self) -> bytes:
         """The newest root this device has verified, else the one it was provisioned with.
@@ -137,17 +145,17 @@ class ReleaseUpdater:
             bootstrap=bootstrap,
         )
 
-    def _newest_release(self) -> tuple[int, str]:
+    def _newest_release(self) -> NewestRelease:
         """Highest version in our channel, from the targets metadata refresh() just verified."""
         targets = Metadata[Targets].from_bytes((self.state.metadata_dir / "targets.json").read_bytes()).signed
         releases = [
-            (int(target.custom["version"]), path)
+            NewestRelease(int(target.custom["version"]), path, target.custom.get("dataset"))
             for path, target in targets.targets.items()
             if path.startswith("releases/") and target.custom.get("channel") == self.channel
         ]
         if not releases:
             raise AgentError(f"{self.model_name} has no release in channel '{self.channel}'")
-        return max(releases)
+        return max(releases, key=lambda release: release.version)
 
     def fetch_release(self, updater: Updater, path: str, version: int) -> Release:
         info = updater.get_targetinfo(path)

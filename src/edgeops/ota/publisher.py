@@ -52,6 +52,14 @@ class RepositoryState:
     snapshot: Metadata[Snapshot]
     targets: Metadata[Targets]
 
+    def tracks(self) -> set[str]:
+        """The tracks (datasets) of the releases signed so far, where the metadata names them."""
+        return {
+            str(target.custom["dataset"])
+            for path, target in self.targets.signed.targets.items()
+            if path.startswith("releases/") and "dataset" in target.custom
+        }
+
     def releases(self, channel: str) -> list[tuple[int, str]]:
         """(version, target path) of every release in a channel, oldest first."""
         found = []
@@ -149,6 +157,12 @@ def publish(
     model = release.model_name
     prefix = f"{model}/"
     state = read_state(s3, bucket, model, keyring)
+    tracks = state.tracks() if state else set()
+    if tracks and release.dataset not in tracks:
+        raise ReleaseError(
+            f"{model} publishes {', '.join(sorted(tracks))} models; refusing a {release.dataset} model under its "
+            "name, which devices of that track would be offered: publish it under a name of its own"
+        )
     if state is None:
         _ensure_root(s3, bucket, model, keyring)
     releases = state.releases(release.channel) if state else []
@@ -171,7 +185,12 @@ def publish(
     descriptor_path = release_target(release.channel, release.version, sha256_bytes(descriptor))
     _upload_target(s3, bucket, prefix + descriptor_path, descriptor, "application/json")
     descriptor_file = TargetFile.from_data(descriptor_path, descriptor, ["sha256"])
-    descriptor_file.unrecognized_fields["custom"] = {"channel": release.channel, "version": release.version}
+    # Signed in the targets metadata, so a device can refuse another track's release before downloading anything.
+    descriptor_file.unrecognized_fields["custom"] = {
+        "channel": release.channel,
+        "version": release.version,
+        "dataset": release.dataset,
+    }
 
     targets = state.targets if state else Metadata(Targets(expires=expiry(config.targets_expiry_s)))
     targets.signed.version = targets.signed.version + 1 if state else 1

@@ -84,9 +84,11 @@ def device_check(settings: Settings, model_name: str, manifest_path: Path) -> di
     return {"manifest": manifest, "sha256_verified": True, "predictions": predictions}
 
 
-def agent_install(settings: Settings, model_name: str) -> dict[str, Any]:
+def agent_install(settings: Settings, model_name: str, dataset: Dataset) -> dict[str, Any]:
     """What an edge agent does with the release: install it, then poll again with nothing new."""
-    agent = Agent(settings, state_dir=settings.out_dir / "demo" / "device", model_name=model_name)
+    # One state directory per repository: a device's verified metadata belongs to the model it follows.
+    state_dir = settings.out_dir / "demo" / "device" / model_name
+    agent = Agent(settings, state_dir=state_dir, model_name=model_name, track=dataset)
     agent.check_installed()
     install = agent.poll()
     unchanged = agent.poll()
@@ -120,7 +122,7 @@ def run_demo(
     arguments = pipeline_arguments(settings, manifest_path, model_name, dataset)
     pipeline = run_local(settings, arguments, settings.out_dir / "kfp")
     device = device_check(settings, model_name, manifest_path)
-    agent = agent_install(settings, model_name)
+    agent = agent_install(settings, model_name, dataset)
     manifest = device["manifest"]
     run = tracking.client(settings).get_run(manifest["source_run_id"])
     metrics = run.data.metrics

@@ -101,6 +101,12 @@ def promote(
         raise PromotionError(f"unknown channel '{channel}' (channels: {', '.join(settings.release.channels)})")
     verified = VerifiedModel.load(verified_dir)
     model_name = model_name or verified.model_name or settings.track(verified.spec.dataset).model_name
+    owner = settings.track_of(model_name)
+    if owner is not None and owner != verified.spec.dataset:
+        raise PromotionError(
+            f"{model_name} is the {owner} track's model name; refusing to publish a {verified.spec.dataset} model "
+            "under it (its devices could not run it); nothing was registered or published"
+        )
     path = verified_dir / verified.file
     model_bytes = path.read_bytes()
     if sha256_bytes(model_bytes) != verified.sha256:
