@@ -23,7 +23,7 @@ def install(state: DeviceState, installed: Installed, candidate: Path, release: 
         output_shape=release.output["shape"],
         installed_at=now(),
     )
-    kept = state.models_dir / f"{release.sha256}.pte"
+    kept = state.model_file(release.sha256)
     if candidate != kept:
         os.replace(candidate, kept)
         fsync_dir(state.models_dir)

@@ -143,8 +143,12 @@ class DeviceState:
         """The swap: one atomic replace of installed.json."""
         write_atomically(self.root / INSTALLED_FILE, installed.model_dump_json(indent=2).encode())
 
+    def model_file(self, sha256: str) -> Path:
+        """Where a verified model is kept: under its content hash."""
+        return self.models_dir / f"{sha256}.pte"
+
     def model_path(self, model: InstalledModel) -> Path:
-        return self.models_dir / f"{model.sha256}.pte"
+        return self.model_file(model.sha256)
 
     def is_intact(self, model: InstalledModel | None) -> bool:
         if model is None:
@@ -185,7 +189,7 @@ class DeviceState:
 
     def collect_garbage(self, installed: Installed) -> None:
         """Keep the current and last-known-good models; everything else, and every download, goes."""
-        keep = {f"{m.sha256}.pte" for m in (installed.current, installed.previous) if m is not None}
+        keep = {self.model_path(m).name for m in (installed.current, installed.previous) if m is not None}
         for path in self.models_dir.iterdir():
             if path.name not in keep:
                 path.unlink(missing_ok=True)

@@ -179,7 +179,7 @@ class ReleaseUpdater:
             raise AgentError(f"{release.model_target} is not a signed target")
         if info.hashes.get("sha256") != release.sha256 or info.length != release.size:
             raise AgentError(f"{release.model_target} is signed with a different hash or size than its release says")
-        kept = self.state.models_dir / f"{release.sha256}.pte"
+        kept = self.state.model_file(release.sha256)
         if updater.find_cached_target(info, str(kept)):
             return kept
         candidate = self.state.downloads_dir / f"{release.sha256}.pte"

@@ -3,28 +3,21 @@
 from __future__ import annotations
 
 import torch
-from pydantic import BaseModel
 from torch import nn
 
-from edgeops.settings import Architecture, Dataset
+from edgeops.datasets.base import ModelSignature
+from edgeops.settings import Architecture
 
 
-class ModelSpec(BaseModel):
-    """What it takes to rebuild the network and to feed it on a device."""
+class ModelSpec(ModelSignature):
+    """What it takes to rebuild the network, beside its signature (the track it was trained on and what it
+    takes and returns), which a device checks."""
 
     architecture: Architecture
-    dataset: Dataset  # the track whose data it was trained on
-    labels: list[str]
-    input_shape: list[int]  # batch 1
-    input_units: str
     input_layout: str
     hidden: int = 32  # mat-mlp
     width_mult: float = 1.0  # mobilenet_v2
     full_scale: float = 4095.0  # mobilenet_v2: sensor maximum
-
-    @property
-    def output_shape(self) -> list[int]:
-        return [1, len(self.labels)]
 
 
 class PressureFeatures(nn.Module):

@@ -120,13 +120,12 @@ def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             task = pipeline(**arguments)
     except RuntimeError as error:
-        failed = [outcome for run_dir in _new_runs(pipeline_root, earlier) for outcome in stage_outcomes(run_dir)]
-        failure = next((outcome for outcome in failed if outcome.status == FAILURE), None)
+        failure = next((outcome for outcome in _outcomes(pipeline_root, earlier) if outcome.status == FAILURE), None)
         if failure is None:  # the task died before its stage began (e.g. it could not import edgeops)
             raise EdgeopsError(f"pipeline failed: {error}; see the task's log above") from None
         raise EdgeopsError(f"pipeline failed at task {failure.name}:\n{failure.error}") from None
     seconds = time.perf_counter() - started
-    outcomes = [outcome for run_dir in _new_runs(pipeline_root, earlier) for outcome in stage_outcomes(run_dir)]
+    outcomes = _outcomes(pipeline_root, earlier)
     promotion = task.outputs if not isinstance(task.outputs, dict) else next(iter(task.outputs.values()), None)
     return PipelineRun(
         seconds=seconds,
@@ -136,6 +135,7 @@ def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path
     )
 
 
-def _new_runs(pipeline_root: Path, earlier: set[Path]) -> list[Path]:
-    """The run directories this call created (KFP names each `<pipeline>-<timestamp>`)."""
-    return sorted(path for path in pipeline_root.iterdir() if path not in earlier and path.is_dir())
+def _outcomes(pipeline_root: Path, earlier: set[Path]) -> list[StageOutcome]:
+    """The stage outcomes of the run directories created since `earlier` (KFP names each `<pipeline>-<timestamp>`)."""
+    runs = sorted(path for path in pipeline_root.iterdir() if path not in earlier and path.is_dir())
+    return [outcome for run_dir in runs for outcome in stage_outcomes(run_dir)]
