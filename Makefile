@@ -123,18 +123,23 @@ kfp-install: tools ## install Kubeflow Pipelines (upstream, pinned) and wire it 
 	$(KUBECTL) wait --for condition=established --timeout=120s crd/applications.app.k8s.io
 	$(KUBECTL) apply -k manifests/kubeflow-pipelines/platform
 	$(KUBECTL) apply -k manifests/edgeops-wiring
-	@# Copy the chart's generated MinIO keys into the Secret the pipeline tasks mount (never echoed).
-	@$(KUBECTL) -n edgeops get secret $(RELEASE)-minio -o go-template='access_key={{index .data "root-user" | base64decode}}{{"\n"}}secret_key={{index .data "root-password" | base64decode}}{{"\n"}}' \
-		| $(KUBECTL) -n kubeflow create secret generic edgeops-s3 --from-env-file=/dev/stdin --dry-run=client -o yaml \
-		| $(KUBECTL) apply -f -
+	@# Copy the chart's bucket-limited S3 identities (never the root user) into the Secrets the tasks and the
+	@# heartbeat mount (never echoed): pipeline -> edgeops-s3-pipeline (ingest), publisher -> edgeops-s3-publisher.
+	@set -o pipefail; for identity in pipeline publisher; do \
+		$(KUBECTL) -n edgeops get secret $(RELEASE)-minio-$$identity -o go-template='access_key={{index .data "access-key" | base64decode}}{{"\n"}}secret_key={{index .data "secret-key" | base64decode}}{{"\n"}}' \
+		| $(KUBECTL) -n kubeflow create secret generic edgeops-s3-$$identity --from-env-file=/dev/stdin --dry-run=client -o yaml \
+		| $(KUBECTL) apply -f - || exit 1; \
+	done
+	$(KUBECTL) -n kubeflow delete secret edgeops-s3 --ignore-not-found  # an earlier copy of the root user
 	$(KUBECTL) -n kubeflow wait --for=condition=Available deployment --all --timeout=15m
 
 KEYS_DIR ?= $(HOME)/.config/edgeops/tuf-keys
 
-release-keys-secret: tools ## put the release signing keys (not the root key) in the Secret promote mounts
+release-keys-secret: tools ## the online signing keys and the root metadata, never the root key, in the Secret promote and the heartbeat mount
 	@test -f $(KEYS_DIR)/root.json || { echo "no keys in $(KEYS_DIR): run 'uv run edgeops keys init' first"; exit 1; }
-	@$(KUBECTL) -n kubeflow create secret generic edgeops-release-keys --from-file=$(KEYS_DIR)/root.json \
-		--from-file=$(KEYS_DIR)/targets.pem --from-file=$(KEYS_DIR)/snapshot.pem --from-file=$(KEYS_DIR)/timestamp.pem \
+	@# The cluster refuses any other file in this Secret (manifests/edgeops-wiring/release-keys-policy.yaml).
+	@set -o pipefail; files=$$(cd $(KEYS_DIR) && ls root.json [0-9]*.root.json targets*.pem snapshot*.pem timestamp*.pem 2>/dev/null); \
+		$(KUBECTL) -n kubeflow create secret generic edgeops-release-keys $$(printf -- '--from-file=$(KEYS_DIR)/%s ' $$files) \
 		--dry-run=client -o yaml | $(KUBECTL) apply -f -
 
 pipeline-run: compile ## upload the cluster pipeline and start a run through the KFP API

@@ -8,8 +8,9 @@ e.g. {"min_int8_accuracy": 0.97}; `edgeops.pipeline.arguments` fills every param
 
 Two flavours compile from one definition (`make compile`):
 - `edgeops.yaml` for KFP's local runner: tasks take settings from the environment;
-- `edgeops_cluster.yaml` for a Kubeflow cluster: kfp-kubernetes mounts the S3 Secret and the
-  settings ConfigMap into every task, and every task has CPU/memory requests and limits.
+- `edgeops_cluster.yaml` for a Kubeflow cluster: kfp-kubernetes mounts the settings ConfigMap into
+  every task and only the Secrets its stage needs (`edgeops.pipeline.cluster`: S3 identities for ingest
+  and promote, the release keys for promote), and every task has CPU/memory requests and limits.
 """
 
 from pathlib import Path
@@ -18,6 +19,7 @@ from kfp import compiler, dsl, kubernetes
 from kfp.dsl import Artifact, PipelineTask
 
 from components import stages
+from edgeops.pipeline.cluster import mount_task_secrets
 from edgeops.settings import Dataset, Settings
 
 DEFAULTS = Settings()
@@ -39,11 +41,7 @@ SETTINGS_KEYS = [
 
 def for_cluster(task: PipelineTask) -> None:
     cluster = DEFAULTS.cluster
-    kubernetes.use_secret_as_env(
-        task,
-        secret_name=cluster.s3_secret,
-        secret_key_to_env={"access_key": "EDGEOPS_S3_ACCESS_KEY", "secret_key": "EDGEOPS_S3_SECRET_KEY"},
-    )
+    mount_task_secrets(task, cluster)  # its stage's S3 identity, if any; the release keys for promote only
     kubernetes.use_config_map_as_env(
         task, config_map_name=cluster.settings_config_map, config_map_key_to_env={key: key for key in SETTINGS_KEYS}
     )
@@ -74,10 +72,6 @@ def build(
         task.set_caching_options(False)  # every stage talks to MLflow and S3: never replay a cached result
         if cluster:
             for_cluster(task)
-    if cluster:  # only promote signs, so only promote sees the release keys
-        kubernetes.use_secret_as_volume(
-            promoted, secret_name=DEFAULTS.cluster.release_keys_secret, mount_path=DEFAULTS.cluster.release_keys_mount
-        )
     return promoted.outputs["promotion"]
 
 

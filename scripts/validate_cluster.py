@@ -4,8 +4,9 @@
   offline Kubernetes schema; upstream (remote) bases must be pinned to the installed kfp SDK's
   release, and are rendered when the network allows;
 - hadolint passes on every Dockerfile under images/, and the image requirements match uv.lock;
-- the compiled pipelines run only our pinned image, every cluster task has resources, the S3
-  Secret and the settings ConfigMap, and no credential appears anywhere in them.
+- the compiled pipelines run only our pinned image, every cluster task has resources, exactly the
+  Secrets its stage needs (edgeops.pipeline.cluster) and the settings ConfigMap, and no credential
+  appears anywhere in them.
 
 Run from the repository root: `uv run python scripts/validate_cluster.py` (part of `make validate`).
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 import yaml
 from validate_charts import KUBERNETES_VERSION  # one schema version for charts and manifests
 
+from edgeops.pipeline.cluster import task_secrets
 from edgeops.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -125,8 +127,12 @@ def check_pipelines(settings: Settings) -> int:
             configs = platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if platform else {}
             for executor in executors:
                 config = configs.get(executor, {})
-                if not any(s.get("secretName") == settings.cluster.s3_secret for s in config.get("secretAsEnv", [])):
-                    errors.append(f"{name}: {executor} does not mount Secret {settings.cluster.s3_secret}")
+                expected = task_secrets(executor.removeprefix("exec-"), settings.cluster)
+                wanted = {"secretAsEnv": expected.s3_secret, "secretAsVolume": expected.release_keys_secret}
+                for field, want in wanted.items():
+                    mounted = sorted(s.get("secretName") for s in config.get(field, []))
+                    if mounted != ([want] if want else []):
+                        errors.append(f"{name}: {executor} {field} is {mounted}, expected {want or 'none'}")
                 if not any(
                     c.get("configMapName") == settings.cluster.settings_config_map
                     for c in config.get("configMapAsEnv", [])

@@ -68,6 +68,7 @@ def throwaway_stack(root: Path, **overrides: Any) -> Iterator[Settings]:
         "EDGEOPS_SEAWEED_FILER_PORT": str(filer),
         "EDGEOPS_MINIO_CONSOLE_PORT": str(console),
         "EDGEOPS_RELEASE__KEYS_DIR": str(root / "release-keys"),
+        "EDGEOPS_RELEASE__ROOT_KEY_DIR": str(root / "release-root-key"),
         "EDGEOPS_STOP_TIMEOUT_S": "5",  # throwaway data: no need to wait for a graceful exit
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",

@@ -1,4 +1,5 @@
-"""Content hashes every wing agrees on, and the one way edgeops replaces a file: atomically."""
+"""Content hashes every wing agrees on, the one way edgeops replaces a file (atomically), and the one way
+a name from outside (a manifest entry, an S3 key) becomes a local path (`inside`)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePath, PurePosixPath
 from typing import IO, Any, Literal
+
+from edgeops.errors import InputError
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -53,3 +56,23 @@ def atomic_write(path: Path, mode: Literal["wb", "w"] = "wb") -> Iterator[IO[Any
 def write_atomically(path: Path, data: bytes) -> None:
     with atomic_write(path) as handle:
         handle.write(data)
+
+
+def inside(base: Path, relative: str | PurePath, what: str = "path") -> Path:
+    """`base / relative`, resolved, if it stays inside `base`; else an InputError naming `what`.
+
+    For every name that comes from outside (a manifest entry, an S3 key) and becomes a local path:
+    an absolute path, a `..` part, or a symlink out of `base` is refused, so nothing is ever
+    read or written beside `base`.
+    """
+    text = str(relative)
+    parts = PurePosixPath(text.replace("\\", "/")).parts
+    root = base.resolve()
+    if not text or "\0" in text or PurePosixPath(text).is_absolute() or ".." in parts:
+        raise InputError([f"{what} {text!r} must be a relative path inside {base}, without '..'"])
+    path = (root / text).resolve()
+    if path == root:
+        raise InputError([f"{what} {text!r} names {base} itself, not a file inside it"])
+    if not path.is_relative_to(root):
+        raise InputError([f"{what} {text!r} leads outside {base} (through a symlink)"])
+    return path

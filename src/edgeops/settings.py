@@ -13,6 +13,7 @@ training recipe, and `settings.track(dataset)` picks the row a run uses.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping
 from enum import StrEnum
 from functools import cached_property
@@ -67,6 +68,30 @@ def parse_choice(kind: type[Choice], value: str) -> Choice:
     except ValueError:
         name, names = CHOICE_NAMES[kind]
         raise InputError([f"unknown {name} '{value}' ({names}: {', '.join(kind)})"]) from None
+
+
+# Model names and channels become S3 keys, TUF target paths and directory names: one safe shape for all.
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+SHA256_PATTERN = re.compile(r"[0-9a-f]{64}")
+
+
+def check_name(field: str, value: str) -> str:
+    """`value` if it is a valid model name or channel, else an InputError naming `field`."""
+    if not isinstance(value, str) or not NAME_PATTERN.fullmatch(value):
+        raise InputError(
+            [
+                f"{field} {value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+                "starting with a letter or digit"
+            ]
+        )
+    return value
+
+
+def check_sha256(field: str, value: str) -> str:
+    """`value` if it is 64 lowercase hex digits (safe as a file name), else an InputError naming `field`."""
+    if not isinstance(value, str) or not SHA256_PATTERN.fullmatch(value):
+        raise InputError([f"{field} {value!r} is not a sha256 (64 lowercase hex digits)"])
+    return value
 
 
 class MatDataConfig(BaseModel):
@@ -251,6 +276,8 @@ class ReleaseConfig(BaseModel):
     """TUF metadata the publisher signs. Keys live outside the repository."""
 
     keys_dir: Path = Path.home() / ".config" / "edgeops" / "tuf-keys"
+    # The root key, apart from the online keys: move it offline after `edgeops keys init`.
+    root_key_dir: Path = Path.home() / ".config" / "edgeops" / "tuf-root-key"
     channels: list[str] = ["stable", "canary"]
     channel: str = "stable"
     # Short timestamp expiry limits how long a frozen repository can fool a device;
@@ -259,6 +286,12 @@ class ReleaseConfig(BaseModel):
     snapshot_expiry_s: int = Field(30 * 86_400, ge=1)
     targets_expiry_s: int = Field(90 * 86_400, ge=1)
     root_expiry_s: int = Field(365 * 86_400, ge=1)
+    # `release heartbeat --all` re-signs a role once less than this share of its lifetime is left;
+    # `release status` warns below `warn_remaining` of it (the heartbeat is not running), and for
+    # the root, which only the offline key can renew, `root_warn_s` ahead.
+    renew_remaining: float = Field(0.5, gt=0, lt=1)
+    warn_remaining: float = Field(0.25, gt=0, lt=1)
+    root_warn_s: int = Field(60 * 86_400, ge=0)
 
 
 class AgentConfig(BaseModel):
@@ -282,11 +315,16 @@ class ClusterConfig(BaseModel):
     kind_cluster: str = "edgeops"
     helm_release: str = "edgeops"
     helm_namespace: str = "edgeops"
-    # Created in kfp_namespace by `make deploy`: S3 keys copied from the chart's MinIO Secret,
-    # and the endpoints of the chart's services.
-    s3_secret: str = "edgeops-s3"
+    # S3 identities in kfp_namespace (keys access_key, secret_key), copied by `make kfp-install` from the
+    # chart's per-workload MinIO users, never its root user (docs/cluster-security.md):
+    # `s3_secret`, the pipeline identity, reads and writes objects in the raw bucket (ingest);
+    # `publisher_s3_secret` reads and writes objects in the OTA bucket (promote and the heartbeat CronJob).
+    # Which task gets which is `edgeops.pipeline.cluster.TASK_S3_IDENTITY`.
+    s3_secret: str = "edgeops-s3-pipeline"
+    publisher_s3_secret: str = "edgeops-s3-publisher"
     settings_config_map: str = "edgeops-settings"
-    # TUF signing keys (`edgeops keys init`, then `make release-keys-secret`), mounted into promote only.
+    # The online TUF keys (targets, snapshot, timestamp) and the public root.json, never root.pem
+    # (`make release-keys-secret`), mounted into promote only (and, key by key, into the heartbeat).
     release_keys_secret: str = "edgeops-release-keys"
     release_keys_mount: str = "/var/run/edgeops/release-keys"
     task_cpu_request: str = "500m"

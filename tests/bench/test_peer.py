@@ -9,6 +9,7 @@ at its own height. Trained, its INT8 agreement with FP32 means something.
 from __future__ import annotations
 
 import math
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -17,10 +18,11 @@ import torch
 import torchvision
 
 from edgeops.bench import onnx, peer, peer_report
-from edgeops.latency import interleaved, measure, peak_memory, ratio
+from edgeops.latency import MemoryJob, interleaved, measure, peak_memory, peak_memory_while, ratio
 from edgeops.quantize.lowering import lower
 from edgeops.quantize.pt2e import ptq
 from edgeops.settings import Strategy
+from tests.support.allocation import allocating_runner
 
 CLASSES = 3
 ROWS, COLS = 64, 32
@@ -194,7 +196,15 @@ def test_memory_in_fresh_processes(result: peer.PeerResult, out: Path) -> None:
     for stats in memory.values():
         assert stats.peak_reset and stats.runs == TINY.memory_runs
         assert stats.peak_mib > 0 and stats.import_mib > 0  # each child imports its engine after the baseline
-        assert stats.baseline_mib > stats.peak_mib  # the baseline holds numpy and torch
+
+
+def test_peak_memory_is_what_loading_and_running_hold() -> None:
+    mib = 64
+    stats = peak_memory_while(MemoryJob(load=partial(allocating_runner, mib), x=None, runs=3))
+    assert stats.runs == 3
+    assert stats.peak_mib >= mib * 0.95, stats  # the block is counted
+    if stats.peak_reset:  # the interpreter and its imports are not
+        assert stats.peak_mib < mib + 16, stats
 
 
 def test_report_and_plots(result: peer.PeerResult, tmp_path: Path) -> None:

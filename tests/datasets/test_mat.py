@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -113,17 +114,19 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
 
 def test_unknown_label(tmp_path: Path) -> None:
     manifest = tmp_path / "session.json"
-    manifest.write_text(json.dumps({"recordings": [{"file": str(OCCUPIED), "label": "sitting"}]}))
+    shutil.copy(OCCUPIED, tmp_path / "occupied.csv")
+    manifest.write_text(json.dumps({"recordings": [{"file": "occupied.csv", "label": "sitting"}]}))
     with pytest.raises(InputError) as error:
         read_manifest(manifest, CONFIG)
     assert error.value.problems == [
-        f"{manifest}: recording '{OCCUPIED}' has unknown label 'sitting' (known labels: empty_or_cat, occupied)"
+        f"{manifest}: recording 'occupied.csv' has unknown label 'sitting' (known labels: empty_or_cat, occupied)"
     ]
 
 
 def test_every_label_needs_a_recording(tmp_path: Path) -> None:
     manifest = tmp_path / "session.json"
-    manifest.write_text(json.dumps({"recordings": [{"file": str(OCCUPIED), "label": "occupied"}]}))
+    shutil.copy(OCCUPIED, tmp_path / "occupied.csv")
+    manifest.write_text(json.dumps({"recordings": [{"file": "occupied.csv", "label": "occupied"}]}))
     with pytest.raises(InputError, match="no recording for label\\(s\\) empty_or_cat"):
         read_manifest(manifest, CONFIG)
 

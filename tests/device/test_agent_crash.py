@@ -6,7 +6,8 @@ operation the agent makes in its state directory. Then, for each kill point, a f
 runs the same update and gets SIGKILL just before one of those operations, just after an `open` for writing
 (file created or truncated, nothing written yet), or after a random wall-clock delay. Afterwards the device
 must still hold an intact v1 or v2 model that ExecuTorch loads and runs with finite output, and the next
-plain `agent --once` must exit 0 with v2 installed as current and `downloads/` empty.
+plain `agent --once` must exit 0 with v2 installed as current, `downloads/` empty, no temporary file left
+anywhere in the state directory and no model kept but the current and previous ones.
 
 Sampling and wall-clock delays come from a seeded `random.Random`; the seed is printed, and
 EDGEOPS_CRASH_SEED=<seed> replays a run. Agent runs are children forked by one harness process that has
@@ -21,6 +22,7 @@ import json
 import logging
 import os
 import random
+import re
 import select
 import shutil
 import signal
@@ -251,13 +253,19 @@ def kill_points(events: list[dict[str, Any]], dry_seconds: float, rng: random.Ra
     return points
 
 
+ATOMIC_WRITE_TEMPORARY = re.compile(r"\..+\.[0-9a-f]{8}\.tmp")  # edgeops.files.atomic_write: .{name}.{hex}.tmp
+
+
 def leftovers(state_dir: Path, name: str, settings: Settings) -> list[str]:
-    """Files no later poll removes: temporary files, models neither current nor previous."""
-    installed = Agent(settings, state_dir=state_dir, model_name=name).installed()
+    """What a kill and the next poll left behind: temporary files anywhere (atomic_write's, python-tuf's in
+    metadata/), anything in downloads/, models neither current nor previous."""
+    installed = Agent(settings, state_dir=state_dir, model_name=name).state.installed()
     keep = {f"{m.sha256}.pte" for m in (installed.current, installed.previous) if m is not None}
-    found = [f"metadata/{p.name}" for p in (state_dir / "metadata").iterdir() if p.name.startswith("tmp")]
+    found = [str(p.relative_to(state_dir)) for p in state_dir.rglob("*") if ATOMIC_WRITE_TEMPORARY.fullmatch(p.name)]
+    found += [f"metadata/{p.name}" for p in (state_dir / "metadata").iterdir() if p.name.startswith("tmp")]
+    found += [f"{DOWNLOADS}/{p.name}" for p in (state_dir / DOWNLOADS).iterdir()]
     found += [f"models/{p.name}" for p in (state_dir / "models").iterdir() if p.name not in keep]
-    return found
+    return sorted(found)
 
 
 def test_kill_9_during_download_and_swap_leaves_a_loadable_model_and_the_next_poll_recovers(
@@ -296,6 +304,7 @@ def test_kill_9_during_download_and_swap_leaves_a_loadable_model_and_the_next_po
     )
     assert result["returncode"] == 0, (tmp_path / "dry-run.log").read_text()
     assert check_loadable(stack_settings, name, dry, models) == (2, "current")
+    assert leftovers(dry, name, stack_settings) == [], "an update that was never killed left files behind"
     events = read_events(tmp_path / "dry-run.events")
     print(f"[crash] dry run: {len(events)} file-system operations in {result['seconds']:.2f} s")
     for event in events:
@@ -304,7 +313,6 @@ def test_kill_9_during_download_and_swap_leaves_a_loadable_model_and_the_next_po
     assert DOWNLOAD in phases and SWAP in phases, f"the dry run saw no download or no swap: {phases}"
 
     failures: list[str] = []
-    notes: list[str] = []
     killed = 0
     points = kill_points(events, float(result["seconds"]), rng)
     for index, point in enumerate(points):
@@ -337,9 +345,13 @@ def test_kill_9_during_download_and_swap_leaves_a_loadable_model_and_the_next_po
         except Exception as error:
             after_recovery = None
             problems.append(f"unloadable after the next poll: {type(error).__name__}: {error}")
-        left = sorted(p.name for p in (state_dir / DOWNLOADS).iterdir())
-        if recovery_rc != 0 or after_recovery != (2, "current") or left:
-            problems.append(f"next poll exit {recovery_rc}, runs {after_recovery}, downloads/ holds {left}")
+        if recovery_rc != 0 or after_recovery != (2, "current"):
+            problems.append(f"next poll exit {recovery_rc}, runs {after_recovery}")
+        try:
+            if left := leftovers(state_dir, name, stack_settings):
+                problems.append(f"left behind {left}")
+        except Exception as error:
+            problems.append(f"leftovers unreadable: {type(error).__name__}: {error}")
         line = (
             f"{point.label} [{'subprocess' if point.subprocess_kill else 'fork'} kill, exit {returncode}; "
             f"{'subprocess' if point.subprocess_recovery else 'fork'} next poll]: "
@@ -348,12 +360,7 @@ def test_kill_9_during_download_and_swap_leaves_a_loadable_model_and_the_next_po
         print(f"[crash] {index:2d} {line}")
         if problems:
             failures.append(f"{line}: {'; '.join(problems)}\n    next poll said: {recovery_log.strip()[-800:]}")
-        with contextlib.suppress(Exception):
-            if garbage := leftovers(state_dir, name, stack_settings):
-                notes.append(f"{point.label}: left behind {garbage}")
 
-    for note in notes:
-        print(f"[crash] note: {note}")
     unloadable = sum("UNLOADABLE" in failure for failure in failures)
     summary = (
         f"{unloadable} unloadable states across {len(points)} kill points "

@@ -9,27 +9,43 @@ from __future__ import annotations
 
 import http.server
 import json
+import re
 import shutil
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import pytest
+import urllib3
+from botocore.awsrequest import AWSPreparedRequest, AWSResponse
+from botocore.exceptions import ConnectionClosedError
 from tuf.api.metadata import Metadata, Timestamp
 
 from edgeops.device.agent import Agent, AgentError
 from edgeops.errors import PromotionError
 from edgeops.files import sha256_bytes
 from edgeops.ota.keys import Keyring, SigningKeyError, init_keys
-from edgeops.ota.publisher import ReleaseError, RepositoryState, heartbeat, read_state, rollback
-from edgeops.ota.release import metadata_prefix
+from edgeops.ota.publisher import (
+    ReleaseError,
+    RepositoryState,
+    heartbeat,
+    publish,
+    read_release,
+    read_state,
+    rollback,
+)
+from edgeops.ota.release import Release, metadata_prefix
 from edgeops.pipeline.demo import http_get
 from edgeops.settings import ReleaseConfig, Settings
 from edgeops.stack.s3 import s3_client
 from tests.conftest import REPO
 from tests.support.releases import TinyModel, draft, release, tiny_model, unique_model_name
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 @pytest.fixture
@@ -81,17 +97,17 @@ def test_keys_are_refused_inside_git_and_never_overwritten(tmp_path: Path) -> No
     with pytest.raises(SigningKeyError, match="inside a git work tree"):
         init_keys(ReleaseConfig(), repository / "keys-here")
     assert not (repository / "keys-here").exists()
-    root = init_keys(ReleaseConfig(), tmp_path / "keys")
-    assert {p.name for p in root.parent.iterdir()} == {
-        "root.json",
-        "root.pem",
-        "targets.pem",
-        "snapshot.pem",
-        "timestamp.pem",
-    }
-    assert all((root.parent / f"{role}.pem").stat().st_mode & 0o077 == 0 for role in ("root", "targets"))
+    root = init_keys(ReleaseConfig(), tmp_path / "keys", tmp_path / "root-key")
+    online = sorted(p.name.split("-")[0] for p in root.parent.glob("*.pem"))
+    assert online == ["snapshot", "targets", "timestamp"]  # the root key is not beside them
+    assert {p.name for p in root.parent.glob("*.json")} == {"root.json", "1.root.json"}
+    assert [p.name.split("-")[0] for p in (tmp_path / "root-key").iterdir()] == ["root"]
+    keys = [*root.parent.glob("*.pem"), *(tmp_path / "root-key").glob("*.pem")]
+    assert all(path.stat().st_mode & 0o077 == 0 for path in keys)
+    with pytest.raises(SigningKeyError, match="must not live beside"):
+        init_keys(ReleaseConfig(), tmp_path / "same", tmp_path / "same")
     with pytest.raises(SigningKeyError, match="already holds keys"):
-        init_keys(ReleaseConfig(), tmp_path / "keys")
+        init_keys(ReleaseConfig(), tmp_path / "keys", tmp_path / "root-key")
     with pytest.raises(SigningKeyError, match="edgeops keys init"):
         Keyring.load(ReleaseConfig(), tmp_path / "no-keys")
 
@@ -168,36 +184,102 @@ def test_channels_are_independent(stack_settings: Settings, tmp_path: Path, name
         release(stack_settings, name, tiny_model(3), channel="beta")
 
 
-def test_racing_promotions_exactly_one_wins_each_version(stack_settings: Settings, name: str) -> None:
+def publish_with(s3: S3Client, settings: Settings, name: str, model: TinyModel) -> Release:
+    """`release()` through a client the test can hook."""
+    keyring = Keyring.load(settings.release)
+    return publish(s3, settings.ota_bucket, keyring, settings.release, draft(name, model), model.data)
+
+
+def is_timestamp(name: str, url_or_path: str) -> bool:
+    return urlsplit(url_or_path).path.endswith(f"/{metadata_prefix(name)}timestamp.json")
+
+
+def live_release(settings: Settings, name: str) -> list[tuple[int, str]]:
+    """(version, model sha256) of every live stable release."""
+    state = live_state(settings, name)
+    assert state is not None
+    s3 = s3_client(settings)
+    return [(v, read_release(s3, settings.ota_bucket, name, p).sha256) for v, p in state.releases("stable")]
+
+
+def test_a_publisher_overtaken_before_its_timestamp_write_loses_and_the_winner_stays_live(
+    stack_settings: Settings, tmp_path: Path, name: str
+) -> None:
+    """The race forced: A is held just before its conditional timestamp write while B publishes to the end."""
     release(stack_settings, name, tiny_model(1))
-    for round_ in range(4):
-        start = threading.Barrier(2)
-        outcomes: list[object] = []
+    at_timestamp, go_on = threading.Event(), threading.Event()
 
-        def publish_one(seed: int, start: threading.Barrier = start, outcomes: list[object] = outcomes) -> None:
-            start.wait()
-            try:
-                outcomes.append(release(stack_settings, name, tiny_model(seed)))
-            except PromotionError as error:
-                outcomes.append(error)
+    def hold_the_timestamp_write(params: dict[str, Any], **_: Any) -> None:
+        if is_timestamp(name, params["url_path"]) and not at_timestamp.is_set():
+            at_timestamp.set()
+            assert go_on.wait(timeout=120), "the test never let the first publisher continue"
 
-        racers = [threading.Thread(target=publish_one, args=(seed,)) for seed in (2, 3)]
-        for racer in racers:
-            racer.start()
-        for racer in racers:
-            racer.join()
-        winners = [o for o in outcomes if not isinstance(o, Exception)]
-        losers = [o for o in outcomes if isinstance(o, Exception)]
-        state = read_state(
-            s3_client(stack_settings), stack_settings.ota_bucket, name, Keyring.load(stack_settings.release)
-        )
-        assert state is not None
-        versions = [v for v, _ in state.releases("stable")]
-        assert versions == sorted(set(versions)), "every version is published exactly once"
-        if losers:  # the usual case: both read the same state
-            assert len(winners) == 1, f"round {round_}: {outcomes}"
-            assert "another release" in str(losers[0]) and "nothing of this release is live" in str(losers[0])
-    assert len(versions) >= 2
+    first = s3_client(stack_settings)
+    first.meta.events.register("before-call.s3.PutObject", hold_the_timestamp_write)
+    outcome: list[Release | BaseException] = []
+
+    def publish_first() -> None:
+        try:
+            outcome.append(publish_with(first, stack_settings, name, tiny_model(2)))
+        except BaseException as error:  # handed to the test thread
+            outcome.append(error)
+
+    racer = threading.Thread(target=publish_first)
+    racer.start()
+    try:
+        assert at_timestamp.wait(timeout=120), f"the first publisher never reached its timestamp write: {outcome}"
+        winner = release(stack_settings, name, tiny_model(3))  # all of it while the first is held
+    finally:
+        go_on.set()
+        racer.join(timeout=120)
+    assert not racer.is_alive()
+
+    assert winner.version == 2
+    [loser] = outcome
+    assert isinstance(loser, PromotionError), f"the overtaken publisher returned {loser!r}"
+    assert re.search(f"another release of {name} went live", str(loser)), loser
+    assert "nothing of this release is live" in str(loser)
+    assert live_release(stack_settings, name) == [(1, tiny_model(1).sha256), (2, tiny_model(3).sha256)]
+    latest = json.loads(http_get(stack_settings.ota_url(f"{name}/latest.json")))
+    assert (latest["version"], latest["sha256"]) == (2, tiny_model(3).sha256)
+    agent = device(stack_settings, tmp_path, name)
+    assert agent.poll().outcome == "installed v2"
+    assert_running(agent, 2, tiny_model(3))
+
+
+def test_a_timestamp_write_whose_response_was_lost_is_live_although_its_retry_got_412(
+    stack_settings: Settings, tmp_path: Path, name: str
+) -> None:
+    """The PUT reached the bucket, the connection closed before the answer; boto3's retry then sees our ETag gone."""
+    release(stack_settings, name, tiny_model(1))
+    lost: list[int] = []  # status of the PUT that reached the bucket, its response dropped
+    answered: list[int] = []  # statuses boto3 saw for the timestamp PUT: its retry's
+
+    def lose_the_response(request: AWSPreparedRequest, **_: Any) -> None:
+        if request.method != "PUT" or not is_timestamp(name, request.url) or lost:
+            return
+        body = request.body if isinstance(request.body, bytes) else request.body.read()
+        delivered = urllib3.request("PUT", request.url, body=body, headers=dict(request.headers), retries=False)
+        lost.append(delivered.status)
+        raise ConnectionClosedError(endpoint_url=request.url)
+
+    def note_the_answer(http_response: AWSResponse, **_: Any) -> None:
+        if is_timestamp(name, http_response.url):
+            answered.append(http_response.status_code)
+
+    s3 = s3_client(stack_settings)
+    s3.meta.events.register("before-send.s3.PutObject", lose_the_response)
+    s3.meta.events.register("after-call.s3.PutObject", note_the_answer)
+    published = publish_with(s3, stack_settings, name, tiny_model(2))
+    assert lost == [200], "the first timestamp PUT should have reached the bucket"
+    assert answered == [412], "boto3 should have retried it and been refused"
+    assert published.version == 2
+    assert live_release(stack_settings, name) == [(1, tiny_model(1).sha256), (2, tiny_model(2).sha256)]
+    latest = json.loads(http_get(stack_settings.ota_url(f"{name}/latest.json")))
+    assert (latest["version"], latest["sha256"]) == (2, tiny_model(2).sha256), "the publish went on past the commit"
+    agent = device(stack_settings, tmp_path, name)
+    assert agent.poll().outcome == "installed v2"
+    assert_running(agent, 2, tiny_model(2))
 
 
 # --- attacks and faults --------------------------------------------------------------------------
@@ -276,7 +358,7 @@ def test_metadata_signed_with_a_wrong_key_is_rejected(on_v1: Agent, stack_settin
     forged = Metadata[Timestamp].from_bytes(honest)
     forged.signed.version += 1
     forged.signatures.clear()
-    init_keys(ReleaseConfig(), tmp_path / "attacker-keys")
+    init_keys(ReleaseConfig(), tmp_path / "attacker-keys", tmp_path / "attacker-root-key")
     attacker = Keyring.load(ReleaseConfig(), tmp_path / "attacker-keys")
     forged.sign(attacker.signers["timestamp"])
     put(stack_settings, key, forged.to_bytes())
@@ -417,7 +499,7 @@ def test_publishing_on_a_bucket_with_a_modified_target_is_refused(stack_settings
         read_state(s3_client(stack_settings), stack_settings.ota_bucket, name, Keyring.load(stack_settings.release))
         is None
     )
-    assert draft(name, model).version == 0
+    assert get(stack_settings, f"{name}/models/{model.sha256}.pte") == b"planted", "left for a human to look at"
 
 
 def test_the_running_agent_switches_to_a_new_release_while_classifying(

@@ -34,8 +34,11 @@ def test_a_size_one_axis_stride_does_not_change_the_program(layout: str, tmp_pat
     frames = one_channel_frames()[layout]
     assert 0 in frames.stride() or 1 in frames.stride()[:2]  # the strides that broke LOSO's programs
     model = tiny_net(0)
-    lower(model, frames[:1], tmp_path / "model.pte", "executorch/model.pte")
-    assert check_lowering(tmp_path / "model.pte", model, frames, FP32_LOWERING_TOLERANCE) <= FP32_LOWERING_TOLERANCE
+    program = lower(model, frames[:1], tmp_path / "model.pte", "executorch/model.pte")
+    row_major = torch.tensor(frames[:1].tolist())  # a fresh tensor: ordinary strides on every axis
+    assert row_major.stride() == (ROWS * COLS, ROWS * COLS, COLS, 1)
+    assert program.sha256 == lower(model, row_major, tmp_path / "dense.pte", "executorch/dense.pte").sha256
+    check_lowering(tmp_path / "model.pte", model, frames, FP32_LOWERING_TOLERANCE)  # raises on a wrong program
 
 
 def test_a_program_that_computes_something_else_stops_export(tmp_path: Path) -> None:

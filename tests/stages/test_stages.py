@@ -6,8 +6,10 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -142,6 +144,15 @@ def test_benchmark_is_consistent_and_logged(chain: Chain) -> None:
     assert (chain.dirs["benchmark"] / "report.md").read_text().startswith("# Benchmark")
 
 
+def test_benchmark_records_the_export_and_the_bytes_it_measured(chain: Chain) -> None:
+    exported = {"fp32": chain.exported.fp32, **{f"int8_{s}": p for s, p in chain.exported.candidates.items()}}
+    recorded = BenchmarkReport.load(chain.dirs["benchmark"])
+    assert {name: (m.file, m.sha256) for name, m in recorded.programs.items()} == {
+        name: (p.file, p.sha256) for name, p in exported.items()
+    }
+    assert (recorded.run_id, recorded.dataset_version) == (chain.exported.run_id, chain.exported.dataset_version)
+
+
 def test_verify_promotes_the_smallest_fastest_passing_candidate_and_says_why(chain: Chain) -> None:
     verified = chain.verified
     assert all(gate.passed for gate in verified.gates)
@@ -225,6 +236,95 @@ def test_verify_catches_an_artifact_tampered_in_the_store(chain: Chain, tmp_path
     finally:
         with tracking.resume_run(chain.settings, chain.dataset.run_id):
             mlflow.log_artifact(str(original), "executorch")
+
+
+def edited_benchmark(chain: Chain, directory: Path, edit: Callable[[dict[str, Any]], None]) -> Path:
+    """A copy of the chain's benchmark directory with its record edited."""
+    shutil.copytree(chain.dirs["benchmark"], directory)
+    record = json.loads((directory / "benchmark.json").read_text())
+    edit(record)
+    (directory / "benchmark.json").write_text(json.dumps(record))
+    return directory
+
+
+def verify_refuses(chain: Chain, benchmark_dir: Path, out: Path) -> str:
+    """Verify's refusal of `benchmark_dir`, checked to have written nothing."""
+    tracker = tracking.client(chain.settings)
+    gate_metric = "gate_int8_qat_min_int8_accuracy_passed"
+    tags = tracker.get_run(chain.dataset.run_id).data.tags
+    logged = len(tracker.get_metric_history(chain.dataset.run_id, gate_metric))
+    with pytest.raises(VerificationError) as error:
+        verify(chain.dirs["ingest"], chain.dirs["export"], benchmark_dir, out, chain.settings)
+    assert not out.exists()
+    assert tracker.get_run(chain.dataset.run_id).data.tags == tags
+    assert len(tracker.get_metric_history(chain.dataset.run_id, gate_metric)) == logged
+    return str(error.value)
+
+
+@pytest.mark.parametrize(
+    ("field", "stale"),
+    [
+        ("programs.int8_qat.sha256", "0" * 64),
+        ("programs.fp32.sha256", "1" * 64),
+        ("run_id", "run-of-another-export"),
+        ("dataset_version", "another-dataset-version"),
+    ],
+)
+def test_verify_refuses_a_benchmark_of_another_export(chain: Chain, tmp_path: Path, field: str, stale: str) -> None:
+    """A benchmark left from another export must not judge this one, whatever differs."""
+    *parents, key = field.split(".")
+    current: list[str] = []
+
+    def edit(record: dict[str, Any]) -> None:
+        for parent in parents:
+            record = record[parent]
+        current.append(record[key])
+        record[key] = stale
+
+    benchmark_dir = edited_benchmark(chain, tmp_path / "benchmark", edit)
+    message = verify_refuses(chain, benchmark_dir, tmp_path / "out")
+    export_dir = chain.dirs["export"]
+    assert message == (
+        f"the benchmark in {benchmark_dir} did not measure the export in {export_dir}:\n"
+        f"  - {field} differs: {stale} in {benchmark_dir / 'benchmark.json'}, "
+        f"{current[0]} in {export_dir / 'export.json'}\n"
+        f"Re-run benchmark on this export ({export_dir}), then verify again."
+    )
+
+
+def test_verify_refuses_a_benchmark_that_did_not_measure_a_candidate(chain: Chain, tmp_path: Path) -> None:
+    benchmark_dir = edited_benchmark(chain, tmp_path / "benchmark", lambda record: record["programs"].pop("int8_qat"))
+    message = verify_refuses(chain, benchmark_dir, tmp_path / "out")
+    assert f"  - programs.int8_qat.sha256 differs: (not measured) in {benchmark_dir / 'benchmark.json'}" in message
+
+
+def test_verify_refuses_a_benchmark_record_that_predates_hashes(chain: Chain, tmp_path: Path) -> None:
+    benchmark_dir = edited_benchmark(chain, tmp_path / "benchmark", lambda record: record.pop("programs"))
+    message = verify_refuses(chain, benchmark_dir, tmp_path / "out")
+    assert message == (
+        f"{benchmark_dir / 'benchmark.json'} has no programs: it was written before benchmarks recorded which "
+        f"export they measured, so its numbers cannot be tied to {chain.dirs['export']}. "
+        f"Re-run benchmark on this export ({chain.dirs['export']}), then verify again."
+    )
+
+
+def test_benchmark_hashes_the_bytes_it_loads_so_verify_refuses_a_swapped_program(chain: Chain, tmp_path: Path) -> None:
+    """A `.pte` replaced after export is benchmarked under its own hash, not the one export recorded."""
+    export_dir = tmp_path / "export"
+    shutil.copytree(chain.dirs["export"], export_dir)
+    qat, per_tensor = chain.exported.candidates["qat"], chain.exported.candidates["ptq_per_tensor"]
+    shutil.copyfile(export_dir / per_tensor.file, export_dir / qat.file)
+    # A run of its own, so this benchmark's metrics do not overwrite the chain's.
+    with tracking.start_run(chain.settings, "stage-tests", run_name="swapped-program") as run:
+        chain.exported.model_copy(update={"run_id": run.info.run_id}).save(export_dir)
+    quick = chain.settings.model_copy(update={"benchmark": BenchmarkConfig(latency_runs=10, warmup_runs=1)})
+    report = benchmark(chain.dirs["ingest"], chain.dirs["train"], export_dir, tmp_path / "benchmark", quick)
+    assert report.programs["int8_qat"].sha256 == per_tensor.sha256 != qat.sha256
+    with pytest.raises(VerificationError) as error:
+        verify(chain.dirs["ingest"], export_dir, tmp_path / "benchmark", tmp_path / "out", quick)
+    assert f"  - programs.int8_qat.sha256 differs: {per_tensor.sha256} in " in str(error.value)
+    assert f", {qat.sha256} in {export_dir / 'export.json'}" in str(error.value)
+    assert not (tmp_path / "out").exists()
 
 
 def read_manifest_http(settings: Settings) -> dict[str, object]:

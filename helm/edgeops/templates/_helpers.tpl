@@ -117,6 +117,37 @@ Secret with the MinIO root credentials (keys root-user, root-password).
 {{- end }}
 
 {{/*
+The S3 identities besides MinIO's root user, each limited by a MinIO policy to one bucket:
+pipeline (objects in buckets.raw), publisher (objects in buckets.ota), mlflow (objects in buckets.staging).
+*/}}
+{{- define "edgeops.minio.identities" -}}
+{{- list "pipeline" "publisher" "mlflow" | toJson }}
+{{- end }}
+
+{{/*
+Secret with one S3 identity's credentials (keys access-key, secret-key): minio.identities.<identity>.existingSecret,
+else the generated <fullname>-minio-<identity>. Call with (dict "ctx" $ "identity" "pipeline").
+*/}}
+{{- define "edgeops.minio.identitySecretName" -}}
+{{- $values := index .ctx.Values.minio.identities .identity }}
+{{- default (include "edgeops.componentName" (dict "ctx" .ctx "component" (printf "minio-%s" .identity))) $values.existingSecret }}
+{{- end }}
+
+{{/*
+MinIO policy (JSON) of one S3 identity: list its bucket, read and write its objects (delete only with
+"delete" true), nothing else. Call with (dict "bucket" "raw" "delete" false).
+*/}}
+{{- define "edgeops.minio.policy" -}}
+{{- $objectActions := list "s3:GetObject" "s3:PutObject" "s3:AbortMultipartUpload" "s3:ListMultipartUploadParts" }}
+{{- if .delete }}
+{{- $objectActions = append $objectActions "s3:DeleteObject" }}
+{{- end }}
+{{- $bucketStatement := dict "Effect" "Allow" "Action" (list "s3:GetBucketLocation" "s3:ListBucket" "s3:ListBucketMultipartUploads") "Resource" (list (printf "arn:aws:s3:::%s" .bucket)) }}
+{{- $objectStatement := dict "Effect" "Allow" "Action" $objectActions "Resource" (list (printf "arn:aws:s3:::%s/*" .bucket)) }}
+{{- dict "Version" "2012-10-17" "Statement" (list $bucketStatement $objectStatement) | toJson }}
+{{- end }}
+
+{{/*
 Secret with the MySQL passwords (keys mysql-root-password, mysql-password).
 */}}
 {{- define "edgeops.mysql.secretName" -}}
@@ -172,14 +203,26 @@ Each resolves to the chart's MySQL unless set under mlflow.database.
 {{- end }}
 {{- end }}
 
+{{/*
+MLflow's S3 credentials: mlflow.s3.existingSecret with the keys named under mlflow.s3, else the chart's
+MinIO identity "mlflow" (keys access-key, secret-key), never MinIO's root user.
+*/}}
 {{- define "edgeops.mlflow.s3SecretName" -}}
 {{- if .Values.mlflow.s3.existingSecret }}
 {{- .Values.mlflow.s3.existingSecret }}
 {{- else if .Values.minio.enabled }}
-{{- include "edgeops.minio.secretName" . }}
+{{- include "edgeops.minio.identitySecretName" (dict "ctx" . "identity" "mlflow") }}
 {{- else }}
 {{- fail "mlflow.s3.existingSecret is required when minio.enabled is false" }}
 {{- end }}
+{{- end }}
+
+{{- define "edgeops.mlflow.s3AccessKeyIdKey" -}}
+{{- if .Values.mlflow.s3.existingSecret }}{{ .Values.mlflow.s3.accessKeyIdKey }}{{ else }}access-key{{ end }}
+{{- end }}
+
+{{- define "edgeops.mlflow.s3SecretAccessKeyKey" -}}
+{{- if .Values.mlflow.s3.existingSecret }}{{ .Values.mlflow.s3.secretAccessKeyKey }}{{ else }}secret-key{{ end }}
 {{- end }}
 
 {{/*

@@ -45,6 +45,44 @@ def bench_ota(
     )
 
 
+@app.command("bench-freshness")
+def bench_freshness(
+    days: Annotated[float, typer.Option(min=1, help="simulated days of operation")] = 400,
+    step_hours: Annotated[float, typer.Option(min=0.5, help="heartbeat and poll interval, simulated hours")] = 6,
+    models: Annotated[int, typer.Option(min=1)] = 2,
+    release_every: Annotated[float, typer.Option(min=1, help="a new release every this many days")] = 120,
+    rotation: Annotated[bool, typer.Option(help="the operator rotates the root when status warns")] = True,
+) -> None:
+    """Simulated months of operation on a fake clock against the local stack: heartbeats, a root rotation, polls."""
+    from rich.progress import Progress
+
+    from edgeops.bench.freshness import simulate
+
+    settings = Settings()
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("simulating", total=days)
+        report = simulate(
+            settings,
+            days,
+            step_hours,
+            models,
+            release_every,
+            operator_rotates=rotation,
+            on_step=lambda day: progress.update(task, completed=day),
+        )
+    console.print(
+        f"{report.days:g} days at {report.step_hours:g} h steps, {report.models} model(s): "
+        f"{report.polls} polls, [bold]{report.failed_polls} failed[/] ({report.expiry_failures} for expiry); "
+        f"{report.heartbeats} heartbeats re-signed {dict(report.resigned)}; {report.releases} releases; "
+        f"root rotated on day(s) {report.rotations}; devices on root {report.device_root_versions}, "
+        f"releases {report.device_release_versions}; {report.seconds:.0f} s"
+    )
+    for failure in report.failures:
+        console.print(f"[red]{failure}[/]")
+    if report.failed_polls:
+        raise typer.Exit(1)
+
+
 @app.command("bench")
 def bench(
     dataset: DatasetOption = Dataset.pmd,

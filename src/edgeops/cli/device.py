@@ -9,15 +9,30 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from edgeops.cli.output import console, errors
-from edgeops.settings import Dataset, Settings
+from edgeops.errors import InputError
+from edgeops.settings import Dataset, Settings, check_name
 
 if TYPE_CHECKING:
     from edgeops.datasets.mat import Frame
 
 app = typer.Typer()
 
-ModelOption = Annotated[str | None, typer.Option("--model", help="model name (default: the mat track's)")]
-ChannelOption = Annotated[str | None, typer.Option(help="release channel (default: stable)")]
+
+def valid_name(param: typer.CallbackParam, value: str | None) -> str | None:
+    """Typer callback of every option naming a model or a channel: they become S3 keys and directory names,
+    so a malformed one (`""`, `a/b`, `../x`) is refused while parsing, before a command does anything."""
+    if value is None:
+        return None
+    try:
+        return check_name(param.name or "name", value)
+    except InputError as error:
+        raise typer.BadParameter("; ".join(error.problems)) from None
+
+
+ModelOption = Annotated[
+    str | None, typer.Option("--model", help="model name (default: the mat track's)", callback=valid_name)
+]
+ChannelOption = Annotated[str | None, typer.Option(help="release channel (default: stable)", callback=valid_name)]
 
 
 @app.command()
@@ -42,20 +57,48 @@ def agent(
     ] = None,
 ) -> None:
     """The edge agent: install signed releases safely, and classify frames with the installed model."""
+    from edgeops.device.state import StateDirBusyError, StateLock
+
+    settings = Settings()
+    state_dir = state_dir or settings.agent.state_dir
+    try:  # before anything else touches the directory; held until this process ends, however it ends
+        lock = StateLock(state_dir)
+    except StateDirBusyError as error:
+        errors.print(f"[bold red]error:[/] {error}", highlight=False)
+        raise SystemExit(1) from None
+    with lock:
+        _agent(settings, state_dir, source, interval, once, model, channel, root, repository, speed, repeat, track)
+
+
+def _agent(
+    settings: Settings,
+    state_dir: Path,
+    source: str | None,
+    interval: float | None,
+    once: bool,
+    model: str | None,
+    channel: str | None,
+    root: Path | None,
+    repository: str | None,
+    speed: float,
+    repeat: bool,
+    track: Dataset | None,
+) -> None:
     from edgeops.device.agent import Agent, AgentError
     from edgeops.device.loop import run
 
-    settings = Settings()
-    device = Agent(settings, state_dir, model, channel, repository, root, report=console.print, track=track)
+    device = Agent(settings, state_dir, model, channel, repository, root, report=report, track=track)
     device.check_installed()
     if once:
+        failed = False
         try:
             stats = device.poll()
             console.print(
                 f"{stats.outcome}; {stats.requests} requests, {stats.metadata_bytes} metadata bytes, "
                 f"{stats.target_bytes} target bytes, {stats.seconds:.2f} s"
             )
-        except AgentError as error:
+        except AgentError as error:  # any Exception of a poll arrives as one, recorded in status.json
+            failed = True
             errors.print(f"[bold red]poll failed:[/] {error}", highlight=False)
         running = device.state.running_model()
         if running is None:
@@ -63,7 +106,7 @@ def agent(
             raise SystemExit(1)
         model_info, role = running
         console.print(f"running {device.model_name} v{model_info.version} ({role}), sha256 {model_info.sha256}")
-        raise SystemExit(0 if device.state.status.last_error is None else 2)
+        raise SystemExit(2 if failed else 0)
 
     frames = None
     if source:
@@ -78,9 +121,14 @@ def agent(
         f"polling {device.repository_url} every {interval or settings.agent.poll_interval_s:g} s; Ctrl-C stops"
     )
     try:
-        run(device, interval or settings.agent.poll_interval_s, frames, console.print)
+        run(device, interval or settings.agent.poll_interval_s, frames, report)
     except KeyboardInterrupt:
         console.print("stopped")
+
+
+def report(message: str) -> None:
+    """The agent's lines, printed as they are: "[agent] …" is not rich markup."""
+    console.print(message, markup=False)
 
 
 @app.command()
@@ -94,6 +142,13 @@ def record(
     """Record from the mat over BLE into a session directory, in the CSV format ingest reads."""
     from edgeops.device.recorder import record as run
 
+    if upload:  # the directory's name becomes the session's S3 prefix: refuse a bad one before recording
+        from edgeops.stack.sessions import session_name
+
+        try:
+            session_name(session)
+        except InputError as error:
+            raise typer.BadParameter("; ".join(error.problems), param_hint="'--session'") from None
     settings = Settings()
     result = run(address, label, duration or settings.ble.record_duration_s, session, settings)
     bad = ", ".join(f"{count} {reason}" for reason, count in result.recording.bad_frames.items()) or "none"

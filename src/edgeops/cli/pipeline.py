@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from edgeops.cli.device import valid_name
 from edgeops.cli.output import console, print_stage_times
 from edgeops.cli.stages import DatasetOption
 from edgeops.settings import Dataset, Settings
@@ -14,7 +15,9 @@ from edgeops.settings import Dataset, Settings
 app = typer.Typer(
     no_args_is_help=True, help="Run the compiled KFP pipeline (`make compile` writes it) locally or on a cluster."
 )
-ModelNameOption = Annotated[str | None, typer.Option(help="registered model and OTA prefix (default: the track's)")]
+ModelNameOption = Annotated[
+    str | None, typer.Option(help="registered model and OTA prefix (default: the track's)", callback=valid_name)
+]
 
 
 @app.command("run")

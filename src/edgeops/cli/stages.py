@@ -11,6 +11,7 @@ from typing import Annotated
 
 import typer
 
+from edgeops.cli.device import valid_name
 from edgeops.cli.output import console
 from edgeops.settings import Architecture, Dataset, Settings
 
@@ -32,7 +33,9 @@ def ingest(
     ] = None,
     dataset: DatasetOption = Dataset.mat,
     out: Dir = INGEST_DIR,
-    model_name: Annotated[str | None, typer.Option(help="model this run is for (default: the track's)")] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="model this run is for (default: the track's)", callback=valid_name)
+    ] = None,
 ) -> None:
     """Build the track's versioned dataset (mat: validate and archive recordings; pmd: read settings.pmd.data.root)."""
     from edgeops.stages.ingest import ingest as run
@@ -103,8 +106,10 @@ def verify(
 def promote(
     verified: Dir = VERIFY_DIR,
     out: Dir = PROMOTE_DIR,
-    model_name: Annotated[str | None, typer.Option(help="registered model and OTA prefix (default: the run's)")] = None,
-    channel: Annotated[str | None, typer.Option(help="release channel (stable, canary)")] = None,
+    model_name: Annotated[
+        str | None, typer.Option(help="registered model and OTA prefix (default: the run's)", callback=valid_name)
+    ] = None,
+    channel: Annotated[str | None, typer.Option(help="release channel (stable, canary)", callback=valid_name)] = None,
 ) -> None:
     """Register the verified model, alias it, and publish it as a signed release to the OTA bucket."""
     from edgeops.stages.promote import promote as run

@@ -20,6 +20,7 @@ from edgeops.settings import Dataset
 
 SPLITS = ("train", "val", "test")
 DATA_FILE = "dataset.npz"
+DATASETS_PREFIX = "datasets"  # raw-bucket prefix of built datasets, one folder per version
 
 Splits = dict[str, tuple[np.ndarray, np.ndarray]]  # split -> (x, y)
 
@@ -80,6 +81,11 @@ def content_version(identity: dict[str, Any]) -> str:
     """A dataset version: a short hash of what went into it (contents and settings, never paths)."""
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
     return f"ds-{digest[:12]}"
+
+
+def dataset_key(version: str, file: str) -> str:
+    """The raw-bucket key of one file (`DATA_FILE`, the record) of the dataset `version`."""
+    return f"{DATASETS_PREFIX}/{version}/{file}"
 
 
 def save_splits(splits: Splits, out_dir: Path) -> Path:

@@ -19,8 +19,8 @@ from pydantic import BaseModel
 
 from edgeops.datasets.base import SPLITS, BuiltDataset, DatasetRecord, ModelSignature, Splits, content_version
 from edgeops.errors import InputError
-from edgeops.files import sha256_bytes
-from edgeops.settings import Dataset, MatDataConfig
+from edgeops.files import inside, sha256_bytes
+from edgeops.settings import Dataset, MatDataConfig, check_sha256
 
 INPUT_UNITS = "Pa"
 INPUT_LAYOUT = "[batch, frame, chamber], oldest frame first"
@@ -60,21 +60,33 @@ class MatDatasetRecord(DatasetRecord):
     sources: list[Source]
 
 
+def recording_key(sha256: str) -> str:
+    """A recording's raw-bucket key: it is stored under its content hash, once however many sessions list it."""
+    return f"{RECORDINGS_PREFIX}/{check_sha256('recording sha256', sha256)}.csv"
+
+
 def read_manifest(manifest: Path, config: MatDataConfig) -> list[tuple[Path, str]]:
-    """The session manifest lists recordings as {"file": ..., "label": ...}, paths relative to it."""
+    """The session manifest lists recordings as {"file": ..., "label": ...}, paths relative to it and inside its
+    directory (`..`, absolute paths and symlinks out are refused)."""
     if not manifest.is_file():
         raise InputError([f"{manifest}: session manifest not found"])
     try:
         entries = json.loads(manifest.read_text())["recordings"]
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise InputError([f'{manifest}: not a session manifest ({{"recordings": [...]}}): {error}']) from None
+    if not isinstance(entries, list):
+        raise InputError([f'{manifest}: not a session manifest ({{"recordings": [...]}}): recordings is not a list'])
     problems, recordings = [], []
     for number, entry in enumerate(entries, start=1):
-        file, label = entry.get("file"), entry.get("label")
-        if not file or not label:
+        file, label = (entry.get("file"), entry.get("label")) if isinstance(entry, dict) else (None, None)
+        if not file or not label or not isinstance(file, str):
             problems.append(f"{manifest}: recording {number} needs both 'file' and 'label'")
             continue
-        path = (manifest.parent / file).resolve()
+        try:
+            path = inside(manifest.parent, file, "recording")
+        except InputError as error:
+            problems.extend(f"{manifest}: {problem}" for problem in error.problems)
+            continue
         if label not in config.labels:
             problems.append(
                 f"{manifest}: recording '{file}' has unknown label '{label}' (known labels: {', '.join(config.labels)})"
@@ -233,7 +245,7 @@ class MatAdapter:
         sources = [recording.source for recording in recordings]
         raw_files = {}
         for (path, _), source in zip(entries, sources, strict=True):
-            key = f"{RECORDINGS_PREFIX}/{source.sha256}.csv"
+            key = recording_key(source.sha256)
             source.uri = f"s3://{self.raw_bucket}/{key}"
             raw_files[key] = path
         model = signature(config)

@@ -3,11 +3,13 @@
 One poll: python-tuf verifies the repository (`updater`), the newest release of our channel is
 fetched and its model downloaded and verified, the model must pass its smoke test (`smoke`), and
 only then is it swapped in (`installer`). Everything the device keeps is in its state directory
-(`state`); a failed poll changes nothing that runs.
+(`state`); a failed poll changes nothing that runs. Whatever a poll raises, ours or not, is recorded
+in `status.json` and the next poll starts afresh.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from pathlib import Path
@@ -15,12 +17,15 @@ from pathlib import Path
 from edgeops.datasets import signature_for
 from edgeops.device.installer import install, reject
 from edgeops.device.smoke import smoke_test
-from edgeops.device.state import DeviceState, PollStats, Report, now
-from edgeops.device.updater import AgentError, MeteredFetcher, ReleaseUpdater, describe
+from edgeops.device.state import DeviceState, Failure, PollStats, Report, now
+from edgeops.device.updater import FAILURE_KINDS, AgentError, MeteredFetcher, ReleaseUpdater, describe
+from edgeops.errors import EdgeopsError
 from edgeops.ota.release import Release
 from edgeops.settings import Dataset, Settings
 
 __all__ = ["Agent", "AgentError"]
+
+logger = logging.getLogger(__name__)
 
 
 class Agent:
@@ -62,21 +67,44 @@ class Agent:
         self.state.check_installed(self.report)
 
     def poll(self) -> PollStats:
-        """One cycle. Raises AgentError on any failure; what was running keeps running."""
+        """One cycle. Raises AgentError on any failure (any Exception, recorded in status.json first);
+        what was running keeps running."""
         with self._lock:
             started = time.monotonic()
             fetcher = MeteredFetcher(self.config.socket_timeout_s, started + self.config.cycle_deadline_s)
             try:
                 outcome = self._poll(fetcher)
+                stats = _stats(outcome, started, fetcher)
+                checked = now()
+                self.state.update_status(
+                    last_check=checked, last_success=checked, last_error=None, failures_in_a_row=0, last_poll=stats
+                )
+                return stats
             except Exception as error:
-                stats = _stats("error", started, fetcher)
-                message = error.args[0] if isinstance(error, AgentError) else describe(error)
-                self.state.update_status(last_check=now(), last_error=message, last_poll=stats)
-                raise AgentError(message) from error
-            stats = _stats(outcome, started, fetcher)
-            checked = now()
-            self.state.update_status(last_check=checked, last_success=checked, last_error=None, last_poll=stats)
-            return stats
+                raise AgentError(self.record_failure(error, _stats("error", started, fetcher))) from error
+
+    def record_failure(self, error: Exception, stats: PollStats | None = None) -> str:
+        """Put a failed cycle in status.json and the log; return its message. Never raises (for Exceptions)."""
+        message = error.args[0] if isinstance(error, AgentError) and error.args else describe(error)
+        cause = error.__cause__ if isinstance(error, AgentError) and error.__cause__ is not None else error
+        if _expected(cause):
+            logger.info("poll of %s failed: %s", self.repository_url, message)  # the caller reports it
+        else:  # a fault outside the protocol (disk, permissions, a bug): the traceback is worth keeping
+            logger.error("poll of %s failed unexpectedly: %s", self.repository_url, message, exc_info=error)
+        at = now()
+        try:
+            self.state.update_status(
+                last_check=at,
+                last_error=message,
+                last_failure=Failure(at=at, type=type(cause).__name__, message=message),
+                failures_in_a_row=self.state.status.failures_in_a_row + 1,
+                **({"last_poll": stats} if stats is not None else {}),
+            )
+        except Exception as status_error:
+            logger.error("could not record the failure in %s: %s", self.state.root, describe(status_error))
+            if str(status_error) != str(cause):
+                message += f" (status.json could not be updated either: {describe(status_error)})"
+        return message
 
     def _poll(self, fetcher: MeteredFetcher) -> str:
         updater, newest = self.updater.refresh(fetcher)
@@ -127,6 +155,11 @@ class Agent:
             f"release v{version} of {self.model_name} does not fit this {self.track} device and was not installed: "
             f"{why}; publish the track's models under their own name, or give the agent the right --model/--track"
         )
+
+
+def _expected(error: BaseException) -> bool:
+    """A failure the protocol foresees (ours or python-tuf's), as opposed to a fault or a bug."""
+    return isinstance(error, (EdgeopsError, *(kind for kind, _ in FAILURE_KINDS)))
 
 
 def _stats(outcome: str, started: float, fetcher: MeteredFetcher) -> PollStats:

@@ -58,16 +58,23 @@ def run(
     changed = threading.Event()
 
     def poll_forever() -> None:
-        while not stop.is_set():
-            before = agent.state.installed().current
-            try:
-                stats = agent.poll()
-                if agent.state.installed().current != before:
-                    report(f"[agent] {stats.outcome} in {stats.seconds:.2f} s")
-                    changed.set()
-            except AgentError as error:
-                report(f"[agent] poll failed, keeping the running model: {error}")
-            stop.wait(interval_s)
+        """Every cycle, whatever it raises (an Exception: KeyboardInterrupt and SystemExit still stop it)."""
+        try:
+            while not stop.is_set():
+                try:
+                    before = agent.state.installed().current
+                    stats = agent.poll()
+                    if agent.state.installed().current != before:
+                        report(f"[agent] {stats.outcome} in {stats.seconds:.2f} s")
+                        changed.set()
+                except AgentError as error:  # recorded in status.json by poll()
+                    report(f"[agent] poll failed, keeping the running model; retrying in {interval_s:g} s: {error}")
+                except Exception as error:  # outside poll(), e.g. an unreadable installed.json
+                    message = agent.record_failure(error)
+                    report(f"[agent] poll failed, keeping the running model; retrying in {interval_s:g} s: {message}")
+                stop.wait(interval_s)
+        finally:
+            stop.set()  # a poller that is gone ends the agent rather than leave it running without updates
 
     poller = threading.Thread(target=poll_forever, name="edgeops-poller", daemon=True)
     poller.start()

@@ -8,8 +8,10 @@ what it costs, and reads our release layout on top of it.
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,8 +22,9 @@ from tuf.ngclient import Updater, UpdaterConfig
 from tuf.ngclient.urllib3_fetcher import Urllib3Fetcher
 
 from edgeops.device.state import DeviceState
-from edgeops.errors import EdgeopsError
+from edgeops.errors import EdgeopsError, InputError
 from edgeops.ota.release import METADATA, Release
+from edgeops.settings import check_sha256
 
 CHUNK_BYTES = 64 * 1024
 
@@ -46,6 +49,13 @@ class MeteredFetcher(Urllib3Fetcher):
         self.deadline = deadline
         self.requests = self.metadata_bytes = self.target_bytes = 0
         self._metadata = False
+        self.downloaded: dict[str, bytes] = {}  # metadata file name -> the bytes last fetched under it
+
+    def download_bytes(self, url: str, max_length: int) -> bytes:
+        """ngclient fetches metadata through here; kept so an expired role can be shown with its expiry."""
+        data = super().download_bytes(url, max_length)
+        self.downloaded[url.rsplit("/", 1)[-1]] = data
+        return data
 
     def _check_deadline(self, url: str) -> None:
         if time.monotonic() > self.deadline:
@@ -72,8 +82,36 @@ class MeteredFetcher(Urllib3Fetcher):
             response.release_conn()
 
 
+# ngclient's messages: "Final root.json is expired", "timestamp.json is expired", "New targets is expired".
+EXPIRED_ROLE = re.compile(r"\b(root|timestamp|snapshot|targets)\b")
+HEARTBEAT = "the publisher must run `edgeops release heartbeat --all`"
+# What the publisher must do about each expired role; the device can only wait for it.
+EXPIRY_REMEDY = {
+    "root": "the publisher must rotate/renew the root with `edgeops keys rotate-root` and publish it",
+    "timestamp": (
+        f"{HEARTBEAT} (and schedule it well inside the timestamp expiry); "
+        "if it does, someone is serving a frozen copy of the repository"
+    ),
+    "snapshot": HEARTBEAT,
+    "targets": HEARTBEAT,
+}
+
+
+def expired_role(error: tuf_errors.ExpiredMetadataError) -> str | None:
+    """The top-level role python-tuf found expired, from its message."""
+    found = EXPIRED_ROLE.search(str(error))
+    return found.group(1) if found else None
+
+
+def describe_expiry(role: str | None, expires: datetime | None = None) -> str:
+    """What expired, when, and who must do what about it."""
+    if role is None:
+        return "expired metadata: the repository's metadata expired; the publisher must re-sign it"
+    when = f" at {expires.isoformat(timespec='seconds').replace('+00:00', 'Z')}" if expires else ""
+    return f"expired metadata: the repository's {role} metadata expired{when}: {EXPIRY_REMEDY[role]}"
+
+
 FAILURE_KINDS: list[tuple[type[Exception], str]] = [
-    (tuf_errors.ExpiredMetadataError, "expired metadata (a frozen repository, or the timestamp was not re-signed)"),
     (tuf_errors.BadVersionNumberError, "older metadata than the device has seen (rollback)"),
     (tuf_errors.UnsignedMetadataError, "metadata not signed by the trusted keys"),
     (tuf_errors.LengthOrHashMismatchError, "a file does not match its signed length and hash"),
@@ -87,6 +125,8 @@ FAILURE_KINDS: list[tuple[type[Exception], str]] = [
 
 def describe(error: Exception) -> str:
     """Name the class of failure first: that is what an operator acts on."""
+    if isinstance(error, tuf_errors.ExpiredMetadataError):
+        return f"{describe_expiry(expired_role(error))} ({type(error).__name__}: {error})"
     for kind, meaning in FAILURE_KINDS:
         if isinstance(error, kind):
             return f"{meaning}: {type(error).__name__}: {error}"
@@ -108,8 +148,28 @@ class ReleaseUpdater:
     def refresh(self, fetcher: MeteredFetcher) -> tuple[Updater, NewestRelease]:
         """Verified top-level metadata, then the newest release of our channel."""
         updater = self._updater(fetcher)
-        updater.refresh()
+        try:
+            updater.refresh()
+        except tuf_errors.ExpiredMetadataError as error:
+            role = expired_role(error)
+            message = f"{describe_expiry(role, self._expiry(role, fetcher))} ({type(error).__name__}: {error})"
+            raise AgentError(message) from error
         return updater, self._newest_release()
+
+    def _expiry(self, role: str | None, fetcher: MeteredFetcher) -> datetime | None:
+        """When `role` expired: from the copy this poll fetched (ngclient does not keep an expired one),
+        else from the device's own copy (a root, or metadata it had verified before)."""
+        if role is None:
+            return None
+        name = f"{role}.json"
+        fetched = [data for file, data in fetcher.downloaded.items() if file == name or file.endswith("." + name)]
+        local = self.state.metadata_dir / name
+        for data in [*reversed(fetched), local.read_bytes() if local.is_file() else b""]:
+            try:
+                return Metadata.from_bytes(data).signed.expires
+            except Exception:  # unreadable: the error itself still names the role
+                continue
+        return None
 
     def _trusted_root(self) -> bytes:
         """The newest root this device has verified, else the one it was provisioned with.
@@ -165,6 +225,14 @@ class ReleaseUpdater:
         updater.download_target(info, filepath=str(partial))
         release = Release.model_validate_json(partial.read_bytes())
         partial.unlink()
+        try:
+            check_sha256("sha256", release.sha256)  # it names the model's file on this device
+        except InputError:
+            raise AgentError(
+                f"{path} (v{version}) was refused before its model was downloaded: its sha256 {release.sha256!r} "
+                "is not 64 lowercase hex digits, and this device names model files by it; "
+                "the publisher must re-publish the release with the model's real sha256"
+            ) from None
         if (release.model_name, release.channel, release.version) != (self.model_name, self.channel, version):
             raise AgentError(
                 f"{path} describes {release.model_name} {release.channel} v{release.version}, but is signed as "
@@ -182,8 +250,8 @@ class ReleaseUpdater:
         kept = self.state.model_file(release.sha256)
         if updater.find_cached_target(info, str(kept)):
             return kept
-        candidate = self.state.downloads_dir / f"{release.sha256}.pte"
-        partial = self.state.downloads_dir / f"{release.sha256}.part"
+        candidate = self.state.download_file(release.sha256, ".pte")
+        partial = self.state.download_file(release.sha256, ".part")
         updater.download_target(info, filepath=str(partial))  # verifies length and hash
         with partial.open("rb") as handle:
             os.fsync(handle.fileno())

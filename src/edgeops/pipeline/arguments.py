@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgeops.settings import Architecture, Dataset, Settings
+from edgeops.settings import Architecture, Dataset, Settings, check_name
 
 
 def pipeline_arguments(
@@ -15,13 +15,16 @@ def pipeline_arguments(
     dataset: Dataset = Dataset.mat,
     model: Architecture | None = None,
 ) -> dict[str, Any]:
-    """Every parameter explicit, each from `dataset`'s row of the track table unless given."""
+    """Every parameter explicit, each from `dataset`'s row of the track table unless given.
+
+    The model name and channel become S3 keys and paths: an invalid one is an InputError naming it, before any run.
+    """
     track = settings.track(dataset)
     return {
         "dataset": track.dataset.value,
         "model": (model or track.architecture).value,
         "session_manifest": str(manifest or settings.mat.session_manifest),
-        "model_name": model_name or track.model_name,
-        "channel": settings.release.channel,
+        "model_name": check_name("model_name", track.model_name if model_name is None else model_name),
+        "channel": check_name("channel", settings.release.channel),
         "gates": track.gates.model_dump(),
     }

@@ -27,6 +27,13 @@ from edgeops.stack import supervisor, tracking
 from edgeops.stages.benchmark import predict_all
 from edgeops.stages.verify import CANDIDATES_ARTIFACT
 
+# What the simple client's check is worth, shown wherever the demo reports it.
+SIMPLE_CLIENT_TRUST = (
+    "simple client: latest.json over plain HTTP gives integrity, not authenticity: its sha256 catches a damaged "
+    "download, but anyone who can change the bucket or the network path can change the model and the sha256 "
+    "together; devices use the TUF-verified `edgeops agent`"
+)
+
 
 def http_get(url: str) -> bytes:
     """Anonymous plain-HTTP GET: no credentials, as a device on the OTA bucket."""
@@ -55,7 +62,11 @@ def pmd_samples(settings: Settings, labels: list[str]) -> Iterator[tuple[str, st
 
 
 def device_check(settings: Settings, model_name: str, manifest_path: Path) -> dict[str, Any]:
-    """Poll latest.json, download the model, check its hash, classify real samples with it."""
+    """Poll latest.json, download the model, check its hash, classify real samples with it.
+
+    This is the simple client: the hash shows the download is intact (integrity), not that we published it
+    (authenticity); see SIMPLE_CLIENT_TRUST. `agent_install` is the device's real, TUF-verified path.
+    """
     manifest = json.loads(http_get(settings.ota_url(manifest_key(model_name))))
     blob = http_get(settings.ota_url(manifest["model_key"]))
     actual = sha256_bytes(blob)
@@ -81,7 +92,7 @@ def device_check(settings: Settings, model_name: str, manifest_path: Path) -> di
                 "samples": len(predicted),
                 "agreement": sum(p == label for p in predicted) / len(predicted),
             }
-    return {"manifest": manifest, "sha256_verified": True, "predictions": predictions}
+    return {"manifest": manifest, "sha256_verified": True, "trust": SIMPLE_CLIENT_TRUST, "predictions": predictions}
 
 
 def agent_install(settings: Settings, model_name: str, dataset: Dataset) -> dict[str, Any]:
@@ -122,6 +133,7 @@ def run_demo(
     arguments = pipeline_arguments(settings, manifest_path, model_name, dataset)
     pipeline = run_local(settings, arguments, settings.out_dir / "kfp")
     device = device_check(settings, model_name, manifest_path)
+    print(f"[demo] {SIMPLE_CLIENT_TRUST}", flush=True)
     agent = agent_install(settings, model_name, dataset)
     manifest = device["manifest"]
     run = tracking.client(settings).get_run(manifest["source_run_id"])
@@ -168,7 +180,11 @@ def run_demo(
         "manifest_url": settings.ota_url(manifest_key(model_name)),
         "model_url": settings.ota_url(manifest["model_key"]),
         "sha256": manifest["sha256"],
-        "device_check": {"sha256_verified": device["sha256_verified"], "predictions": device["predictions"]},
+        "device_check": {
+            "sha256_verified": device["sha256_verified"],
+            "trust": device["trust"],
+            "predictions": device["predictions"],
+        },
         "pipeline_seconds": pipeline.seconds,
         "stage_seconds": pipeline.stage_seconds,
     }

@@ -11,6 +11,8 @@ import torch
 from pydantic import BaseModel, Field
 
 from edgeops.datasets.base import load_splits
+from edgeops.errors import VerificationError
+from edgeops.files import sha256_file
 from edgeops.latency import Latency, measure
 from edgeops.models.training import logits_of
 from edgeops.quantize.lowering import LoweredProgram
@@ -41,13 +43,22 @@ class RunnerResult(BaseModel):
     size_bytes: int
 
 
+class MeasuredProgram(BaseModel):
+    """The `.pte` a result was measured on, so verify can refuse numbers measured on other bytes."""
+
+    file: str
+    sha256: str  # of the file as loaded and timed, hashed from disk rather than copied from export.json
+
+
 class BenchmarkReport(StageRecord):
     record_file = INFO_FILE
+    # Of the export measured: with `programs`, what verify checks against the export it judges.
     run_id: str
     dataset_version: str
     labels: list[str]
     test_samples: int
     results: dict[str, RunnerResult]  # "eager", "fp32", and "int8_<strategy>" per candidate
+    programs: dict[str, MeasuredProgram]  # "fp32" and "int8_<strategy>": the bytes behind each result
     # Mat track: accuracy of each INT8 candidate with a common pressure offset added.
     offset_accuracy: dict[str, dict[str, float]] = Field(default_factory=dict)
 
@@ -97,9 +108,10 @@ def render_report(report: BenchmarkReport, exported: ExportedModels) -> str:
     programs: list[tuple[str, LoweredProgram]] = [("fp32", exported.fp32), *exported.candidates.items()]
     for name, program in programs:
         drop = "" if name == "fp32" else f", accuracy drop vs FP32 {report.accuracy_drop(name) * 100:+.2f} points"
+        measured = report.programs["fp32" if name == "fp32" else candidate_key(name)]
         lines.append(
             f"- {name}: {program.delegated_ops} ops delegated to XNNPACK, {program.non_delegated_ops} not, "
-            f"built in {program.seconds:.1f} s{drop} (sha256 `{program.sha256[:16]}…`)"
+            f"built in {program.seconds:.1f} s{drop} (sha256 `{measured.sha256[:16]}…`)"
         )
     if report.offset_accuracy:
         lines += ["", "INT8 accuracy with a common pressure offset (weather moves every chamber together):", ""]
@@ -127,6 +139,11 @@ def benchmark(
     files: dict[str, LoweredProgram] = {
         "fp32": exported.fp32,
         **{candidate_key(strategy): program for strategy, program in exported.candidates.items()},
+    }
+    # Hashed just before loading and checked again after timing: the hash is of the bytes measured.
+    measured = {
+        name: MeasuredProgram(file=program.file, sha256=sha256_file(export_dir / program.file))
+        for name, program in files.items()
     }
     programs = {name: Program(export_dir / program.file) for name, program in files.items()}
 
@@ -159,12 +176,18 @@ def benchmark(
         if exported.spec.architecture == Architecture.mat_mlp
         else {}
     )
+    for program in measured.values():
+        if sha256_file(export_dir / program.file) != program.sha256:
+            raise VerificationError(
+                f"{export_dir / program.file} changed while it was being benchmarked; re-run benchmark on this export"
+            )
     report = BenchmarkReport(
         run_id=exported.run_id,
         dataset_version=exported.dataset_version,
         labels=exported.spec.labels,
         test_samples=len(y_true),
         results=results,
+        programs=measured,
         offset_accuracy=offset_accuracy,
     )
 

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from edgeops.datasets import adapter_for
-from edgeops.datasets.base import DATA_FILE, BuiltDataset, DatasetRecord, save_splits
-from edgeops.settings import Dataset, Settings, parse_choice
+from edgeops.datasets.base import DATA_FILE, BuiltDataset, DatasetRecord, dataset_key, save_splits
+from edgeops.settings import Dataset, Settings, check_name, parse_choice
 from edgeops.stack import tracking
 from edgeops.stack.s3 import put_if_absent, s3_client
 from edgeops.stack.sessions import fetch_session
@@ -34,10 +34,11 @@ def ingest(
     """Build `dataset`, archive raw files and the dataset, open the MLflow run every later stage logs into.
 
     `manifest` (mat) lists the recordings, as a path or the `s3://` URI `edgeops record --upload` prints;
-    `model_name` defaults to the track's. Nothing is written to `out_dir` unless the data is valid.
+    `model_name` defaults to the track's. Nothing is written to `out_dir` or S3 unless the data is valid and
+    `model_name` a valid name; a manifest key or entry that would leave its directory is refused.
     """
     track = settings.track(parse_choice(Dataset, dataset))
-    model_name = model_name or track.model_name
+    model_name = check_name("model_name", track.model_name if model_name is None else model_name)
     s3: S3Client | None = None
     with ExitStack() as scratch:
         if manifest is not None and str(manifest).startswith("s3:/"):  # Path() folds "s3://" to "s3:/"
@@ -60,11 +61,10 @@ def publish_dataset(
     record, bucket = built.record, settings.raw_bucket
     for key, path in built.raw_files.items():
         put_if_absent(s3, bucket, key, path.read_bytes(), "text/csv")
-    prefix = f"datasets/{record.version}"
-    s3.upload_file(str(out_dir / DATA_FILE), bucket, f"{prefix}/{DATA_FILE}")
+    s3.upload_file(str(out_dir / DATA_FILE), bucket, dataset_key(record.version, DATA_FILE))
     s3.put_object(
         Bucket=bucket,
-        Key=f"{prefix}/{record.record_file}",
+        Key=dataset_key(record.version, record.record_file),
         Body=record.model_dump_json(indent=2).encode(),
         ContentType="application/json",
     )
@@ -77,7 +77,10 @@ def publish_dataset(
         for split, context in SPLIT_CONTEXTS.items():
             x, y = built.splits[split]
             logged = mlflow.data.from_numpy(
-                x, targets=y, source=f"s3://{bucket}/{prefix}/{DATA_FILE}", name=f"{record.version}-{split}"
+                x,
+                targets=y,
+                source=f"s3://{bucket}/{dataset_key(record.version, DATA_FILE)}",
+                name=f"{record.version}-{split}",
             )
             mlflow.log_input(logged, context=context)
         mlflow.log_metrics({f"dataset_{split}_samples": count for split, count in record.samples.items()})

@@ -1,24 +1,29 @@
 """Promote: register the verified model and publish it as a signed release devices poll.
 
-Order matters. Keys are loaded first (no keys, nothing happens), then the registry
-version and alias, then the signed release (`ota.publisher.publish`), whose timestamp
-write is the single step that makes it live. If publishing fails the alias is put
-back, so registry and devices agree on what is in production.
+One commit point. The conditional write of the model's `timestamp.json` (inside
+`ota.publisher.publish`) is what makes a release live; everything else follows from
+what is live. So: keys are loaded first (no keys, nothing happens), `reconcile` repairs
+whatever an earlier crash left behind, a registry version is created (invisible until
+an alias names it), the release is published, and `reconcile` then points the registry
+alias at the live release and rewrites `latest.json` from it. A crash at any point
+leaves the alias on a release that is live, or behind it until the next `promote` or
+`edgeops release reconcile`.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edgeops.errors import PromotionError
+from edgeops.errors import EdgeopsError, PromotionError
 from edgeops.files import sha256_bytes
 from edgeops.ota.keys import Keyring
-from edgeops.ota.publisher import LatestManifestError, ReleaseError, publish
+from edgeops.ota.publisher import LatestManifestError, ReleaseError, publish, read_release, read_state, repair_latest
 from edgeops.ota.release import Release, manifest_key, model_key, model_target
 from edgeops.records import StageRecord
-from edgeops.settings import Settings
+from edgeops.settings import Settings, check_name, check_sha256
 from edgeops.stack import tracking
 from edgeops.stack.s3 import s3_client
 from edgeops.stages.verify import VerifiedModel
@@ -66,8 +71,58 @@ def build_release(verified: VerifiedModel, model_name: str, channel: str, regist
     )
 
 
-def _register(client: Any, alias: str, model_name: str, verified: VerifiedModel) -> tuple[int, str | None]:
-    """Create a registry version; return it and the version the alias pointed at before."""
+@dataclass
+class Reconciled:
+    """What `reconcile` found live and what it had to repair."""
+
+    model_name: str
+    live_version: int | None  # the default channel's newest release
+    registry_version: int | None  # the registry version that release carries
+    alias_before: int | None
+    alias_moved: bool
+    latest_rewritten: bool
+
+
+def _alias_version(client: Any, model_name: str, alias: str) -> int | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return int(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def reconcile(settings: Settings, model_name: str, keyring: Keyring, client: Any | None = None) -> Reconciled:
+    """Make the registry alias and `latest.json` follow the live release of the default channel."""
+    check_name("model name", model_name)
+    s3, bucket, channel = s3_client(settings), settings.ota_bucket, settings.release.channel
+    state = read_state(s3, bucket, model_name, keyring)
+    releases = state.releases(channel) if state else []
+    live = read_release(s3, bucket, model_name, releases[-1][1]) if releases else None
+    latest_rewritten = repair_latest(s3, bucket, model_name, state, channel) if state else False
+    client = client or tracking.client(settings)
+    alias = settings.registry_alias
+    before = _alias_version(client, model_name, alias)
+    wanted = live.registry_version if live else None
+    moved = False
+    if wanted is not None and before != wanted:
+        client.set_registered_model_alias(model_name, alias, str(wanted))
+        moved = True
+    elif wanted is None and before is not None and live is None:
+        client.delete_registered_model_alias(model_name, alias)  # nothing is live: nothing is in production
+        moved = True
+    return Reconciled(
+        model_name=model_name,
+        live_version=live.version if live else None,
+        registry_version=wanted,
+        alias_before=before,
+        alias_moved=moved,
+        latest_rewritten=latest_rewritten,
+    )
+
+
+def _register(client: Any, model_name: str, verified: VerifiedModel) -> int:
+    """Create a registry version: no alias names it until its release is live."""
     from mlflow.exceptions import MlflowException
 
     try:
@@ -76,17 +131,13 @@ def _register(client: Any, alias: str, model_name: str, verified: VerifiedModel)
         client.create_registered_model(
             model_name, description=f"{verified.spec.architecture}, INT8 ExecuTorch for XNNPACK"
         )
-    try:
-        previous: str | None = client.get_model_version_by_alias(model_name, alias).version
-    except MlflowException:
-        previous = None
     version = client.create_model_version(
         model_name,
         source=f"runs:/{verified.run_id}/{verified.artifact_path}",
         run_id=verified.run_id,
         tags={"sha256": verified.sha256, "dataset_version": verified.dataset_version},
     )
-    return int(version.version), previous
+    return int(version.version)
 
 
 def promote(
@@ -96,33 +147,39 @@ def promote(
     model_name: str | None = None,
     channel: str | None = None,
 ) -> Promotion:
-    channel = channel or settings.release.channel
+    channel = check_name("channel", channel or settings.release.channel)
     if channel not in settings.release.channels:
         raise PromotionError(f"unknown channel '{channel}' (channels: {', '.join(settings.release.channels)})")
     verified = VerifiedModel.load(verified_dir)
-    model_name = model_name or verified.model_name or settings.track(verified.spec.dataset).model_name
+    model_name = check_name(
+        "model name", model_name or verified.model_name or settings.track(verified.spec.dataset).model_name
+    )
     owner = settings.track_of(model_name)
     if owner is not None and owner != verified.spec.dataset:
         raise PromotionError(
             f"{model_name} is the {owner} track's model name; refusing to publish a {verified.spec.dataset} model "
             "under it (its devices could not run it); nothing was registered or published"
         )
+    check_sha256("verified sha256", verified.sha256)
     path = verified_dir / verified.file
     model_bytes = path.read_bytes()
     if sha256_bytes(model_bytes) != verified.sha256:
         raise PromotionError(f"{path} does not match the verified sha256 {verified.sha256}; refusing to publish")
     keyring = Keyring.load(settings.release)
+    bucket = settings.ota_bucket
 
     client = tracking.client(settings)
     try:
-        version, previous_alias = _register(client, settings.registry_alias, model_name, verified)
-        client.set_registered_model_alias(model_name, settings.registry_alias, str(version))
+        reconcile(settings, model_name, keyring, client)  # repair what a crashed promote left behind
+        version = _register(client, model_name, verified)
+    except EdgeopsError:
+        raise
     except Exception as error:  # MLflow raises several types; all mean the same here
         raise PromotionError(
             f"registering {model_name} in MLflow at {settings.tracking_uri} failed ({type(error).__name__}: {error}); "
             "nothing was published, the previous release stays live"
         ) from None
-    bucket = settings.ota_bucket
+    after_commit: PromotionError | None = None
     try:
         release = publish(
             s3_client(settings),
@@ -132,19 +189,21 @@ def promote(
             build_release(verified, model_name, channel, version),
             model_bytes,
         )
-    except LatestManifestError:
-        raise  # the signed release is live, so the alias rightly points at it
-    except Exception as error:  # whatever went wrong, the alias must follow what is live
-        if previous_alias:
-            client.set_registered_model_alias(model_name, settings.registry_alias, previous_alias)
-        else:
-            client.delete_registered_model_alias(model_name, settings.registry_alias)
-        if isinstance(error, PromotionError | ReleaseError):
-            raise PromotionError(f"{error} (registry alias '{settings.registry_alias}' restored)") from None
-        raise PromotionError(
-            f"publishing {model_name} to s3://{bucket}/ failed ({type(error).__name__}: {error}); "
-            "the previous release stays live"
-        ) from None
+    except LatestManifestError as error:  # live; reconcile below rewrites latest.json
+        after_commit, release = error, error.release
+    except (PromotionError, ReleaseError) as error:
+        raise PromotionError(f"{error}; registry version {version} stays unaliased") from None
+    except Exception as error:  # unknown whether the timestamp landed: what is live decides
+        failure = f"publishing {model_name} to s3://{bucket}/ failed ({type(error).__name__}: {error})"
+        try:
+            went_live = reconcile(settings, model_name, keyring, client).registry_version == version
+        except Exception:  # the store is unreachable: say what to run once it is back
+            raise PromotionError(f"{failure}; run `edgeops release reconcile` once it answers") from None
+        outcome = "it went live nonetheless; the registry alias follows it" if went_live else "nothing went live"
+        raise PromotionError(f"{failure}; {outcome}") from None
+    reconciled = reconcile(settings, model_name, keyring, client)
+    if after_commit is not None and not reconciled.latest_rewritten:
+        raise after_commit
 
     import mlflow
 

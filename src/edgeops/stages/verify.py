@@ -2,7 +2,8 @@
 
 Every candidate is judged against the gates; of those that pass, the smallest wins (sizes within
 settings.quantize.size_tolerance count as equal, and then the fastest p50 wins). Why each candidate
-won or lost is recorded with the run.
+won or lost is recorded with the run. Nothing is judged unless the benchmark's record names the
+run, dataset version and program hashes of the very export being verified.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from edgeops.datasets.base import load_splits
 from edgeops.errors import GateError, VerificationError
@@ -23,7 +24,9 @@ from edgeops.records import StageRecord
 from edgeops.runtime import Program
 from edgeops.settings import GateConfig, Settings
 from edgeops.stack import tracking
+from edgeops.stages.benchmark import INFO_FILE as BENCHMARK_FILE
 from edgeops.stages.benchmark import BenchmarkReport, candidate_key
+from edgeops.stages.export import INFO_FILE as EXPORT_FILE
 from edgeops.stages.export import ExportedModels
 
 INFO_FILE = "verified.json"
@@ -79,6 +82,58 @@ class VerifiedModel(StageRecord):
     # Published with the release: a device smoke-tests the model by reproducing this output.
     reference_input: list[Any]
     reference_output: list[Any]
+
+
+def measured_export(benchmark_dir: Path, export_dir: Path, exported: ExportedModels) -> BenchmarkReport:
+    """The benchmark record, refused unless it measured this very export.
+
+    A benchmark directory left from another export would otherwise pass that export's numbers
+    off as these programs'.
+    """
+    rerun = f"Re-run benchmark on this export ({export_dir}), then verify again."
+    try:
+        report = BenchmarkReport.load(benchmark_dir)
+    except ValidationError as error:
+        missing = sorted(
+            {str(problem["loc"][0]) for problem in error.errors() if problem["type"] == "missing" and problem["loc"]}
+            & {"run_id", "dataset_version", "programs"}
+        )
+        if not missing:
+            raise VerificationError(f"{benchmark_dir / BENCHMARK_FILE} is not a benchmark record: {error}") from None
+        raise VerificationError(
+            f"{benchmark_dir / BENCHMARK_FILE} has no {', '.join(missing)}: it was written before benchmarks "
+            f"recorded which export they measured, so its numbers cannot be tied to {export_dir}. {rerun}"
+        ) from None
+    exported_programs = {
+        "fp32": exported.fp32,
+        **{candidate_key(strategy): program for strategy, program in exported.candidates.items()},
+    }
+    compared: list[tuple[str, str, str]] = [
+        ("run_id", report.run_id, exported.run_id),
+        ("dataset_version", report.dataset_version, exported.dataset_version),
+    ]
+    for name in dict.fromkeys([*exported_programs, *report.programs]):
+        benchmarked, produced = report.programs.get(name), exported_programs.get(name)
+        compared.append(
+            (
+                f"programs.{name}.sha256",
+                benchmarked.sha256 if benchmarked else "(not measured)",
+                produced.sha256 if produced else "(not exported)",
+            )
+        )
+    differences = [
+        f"  - {field} differs: {benchmark_value} in {benchmark_dir / BENCHMARK_FILE}, "
+        f"{export_value} in {export_dir / EXPORT_FILE}"
+        for field, benchmark_value, export_value in compared
+        if benchmark_value != export_value
+    ]
+    if differences:
+        raise VerificationError(
+            f"the benchmark in {benchmark_dir} did not measure the export in {export_dir}:\n"
+            + "\n".join(differences)
+            + f"\n{rerun}"
+        )
+    return report
 
 
 def evaluate_gates(
@@ -157,7 +212,7 @@ def verify(
 ) -> VerifiedModel:
     """`gates` default to the gates of the track the model was trained for."""
     exported = ExportedModels.load(export_dir)
-    report = BenchmarkReport.load(benchmark_dir)
+    report = measured_export(benchmark_dir, export_dir, exported)
     gates = gates or settings.track(exported.spec.dataset).gates
 
     import mlflow

@@ -1,0 +1,326 @@
+"""Least privilege on a cluster, checked on what would be applied: the Helm chart as rendered, the
+kustomize wiring as rendered, the cluster pipeline as compiled (docs/cluster-security.md).
+
+- only promote and the heartbeat mount the release keys, and the API server refuses a root key in them;
+- every S3 credential a task or the heartbeat gets is a bucket-limited identity, never MinIO's root user;
+- nothing grants KFP's pipeline-runner reads of our Secrets, and upstream's blanket `get secrets` is narrowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kfp import compiler
+
+from edgeops.errors import EdgeopsError
+from edgeops.pipeline.cluster import SIGNING_STAGES, TASK_S3_IDENTITY, task_secrets
+from edgeops.settings import ClusterConfig
+from tests.conftest import REPO
+
+CLUSTER = ClusterConfig()
+STAGES = ["ingest", "train", "export", "benchmark", "verify", "promote"]
+KFP_ARTIFACT_SECRET = "mlpipeline-minio-artifact"  # the one Secret KFP's launcher reads through the API
+# The chart's identities and the one bucket each may touch (values.yaml buckets).
+IDENTITY_BUCKETS = {"pipeline": "raw", "publisher": "ota", "mlflow": "mlflow"}
+ROOT_SECRET = "edgeops-minio"  # release `edgeops`: the chart's generated root credentials
+
+
+def tool(name: str, *candidates: Path) -> str:
+    for found in (shutil.which(name), *map(str, candidates)):
+        if found and Path(found).is_file() and os.access(found, os.X_OK):
+            return found
+    pytest.skip(f"{name} not installed (`make tools`)")
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    kubectl = tool("kubectl", Path(sys.executable).parent / "kubectl")
+    done = subprocess.run(
+        [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(directory)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return [document for document in yaml.safe_load_all(done.stdout) if document]
+
+
+def helm_template(*values: Path) -> list[dict[str, Any]]:
+    helm = os.environ.get("HELM") or tool("helm", REPO / ".tools" / "bin" / "helm")
+    extra = [argument for path in values for argument in ("--values", str(path))]
+    done = subprocess.run(
+        [helm, "template", "edgeops", str(REPO / "helm" / "edgeops"), "--namespace", "edgeops", *extra],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return [document for document in yaml.safe_load_all(done.stdout) if document]
+
+
+def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
+    spec = obj["spec"]
+    if obj["kind"] == "CronJob":
+        spec = spec["jobTemplate"]["spec"]
+    return spec["template"]["spec"] if "template" in spec else spec
+
+
+def secret_refs(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    """(Secret, key) of every secretKeyRef in a pod; a whole-Secret envFrom is (Secret, "*")."""
+    refs = set()
+    for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
+        for env in container.get("env", []):
+            if ref := env.get("valueFrom", {}).get("secretKeyRef"):
+                refs.add((ref["name"], ref["key"]))
+        for source in container.get("envFrom", []):
+            if ref := source.get("secretRef"):
+                refs.add((ref["name"], "*"))
+    return refs
+
+
+def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
+
+
+# --- the pipeline tasks ---------------------------------------------------------------------------
+
+
+def test_every_stage_has_wiring_and_only_promote_signs_or_publishes() -> None:
+    assert list(TASK_S3_IDENTITY) == STAGES
+    assert {"promote"} == SIGNING_STAGES
+    wiring = {stage: task_secrets(stage, CLUSTER) for stage in STAGES}
+    assert {stage for stage, secrets in wiring.items() if secrets.release_keys_secret} == {"promote"}
+    assert wiring["promote"].release_keys_secret == CLUSTER.release_keys_secret
+    assert wiring["promote"].s3_secret == CLUSTER.publisher_s3_secret
+    assert wiring["ingest"].s3_secret == CLUSTER.s3_secret
+    assert all(wiring[stage].s3_secret is None for stage in ("train", "export", "benchmark", "verify"))
+    assert CLUSTER.s3_secret != CLUSTER.publisher_s3_secret
+    with pytest.raises(EdgeopsError, match="no cluster wiring"):
+        task_secrets("deploy", CLUSTER)  # a new stage must be classified, not given a default
+
+
+def check_least_privilege(executors: dict[str, dict[str, Any]]) -> None:
+    """Assertions on the kubernetes platform spec of a compiled cluster pipeline, one executor per stage."""
+    assert {name.removeprefix("exec-") for name in executors} == set(STAGES)
+    for name, config in executors.items():
+        stage = name.removeprefix("exec-")
+        env_secrets = {secret["secretName"] for secret in config.get("secretAsEnv", [])}
+        volume_secrets = {secret["secretName"] for secret in config.get("secretAsVolume", [])}
+        expected_s3 = {"ingest": {CLUSTER.s3_secret}, "promote": {CLUSTER.publisher_s3_secret}}.get(stage, set())
+        assert env_secrets == expected_s3, f"{stage} gets S3 credentials {env_secrets}, expected {expected_s3}"
+        expected_keys = {CLUSTER.release_keys_secret} if stage == "promote" else set()
+        assert volume_secrets == expected_keys, f"{stage} mounts {volume_secrets}, expected {expected_keys}"
+        for secret in config.get("secretAsEnv", []):
+            assert {item["envVar"] for item in secret["keyToEnv"]} == {"EDGEOPS_S3_ACCESS_KEY", "EDGEOPS_S3_SECRET_KEY"}
+    promote = executors["exec-promote"]["secretAsVolume"]
+    assert [volume["mountPath"] for volume in promote] == [CLUSTER.release_keys_mount]
+
+
+def compiled_executors(pipeline: Any, tmp_path: Path) -> dict[str, dict[str, Any]]:
+    """Each executor of the compiled pipeline and its kubernetes platform config ({} when it has none)."""
+    package = tmp_path / "pipeline.yaml"
+    compiler.Compiler().compile(pipeline, str(package))
+    spec, *platform = [document for document in yaml.safe_load_all(package.read_text()) if document]
+    configs = platform[0]["platforms"]["kubernetes"]["deploymentSpec"]["executors"] if platform else {}
+    return {name: configs.get(name, {}) for name in spec["deploymentSpec"]["executors"]}
+
+
+def test_cluster_pipeline_mounts_keys_into_promote_only_and_no_root_identity(tmp_path: Path) -> None:
+    """The real cluster pipeline (pipelines/edgeops_pipeline.py), compiled afresh."""
+    from pipelines.edgeops_pipeline import edgeops_pipeline_cluster
+
+    check_least_privilege(compiled_executors(edgeops_pipeline_cluster, tmp_path))
+
+
+def test_kfp_install_never_copies_the_root_user_into_the_pipeline_namespace() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    recipe = makefile.split("\nkfp-install:", 1)[1].split("\n\n", 1)[0]
+    assert "root-user" not in recipe and "root-password" not in recipe, (
+        "make kfp-install copies MinIO's root credentials into the Secret pipeline tasks mount; "
+        "copy the chart's per-workload identities (edgeops-minio-pipeline, edgeops-minio-publisher) instead"
+    )
+
+
+# --- the kustomize wiring: heartbeat and RBAC -----------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wiring() -> list[dict[str, Any]]:
+    return kustomize(REPO / "manifests" / "edgeops-wiring")
+
+
+def test_heartbeat_mounts_only_the_release_keys_and_the_publisher_identity(wiring: list[dict[str, Any]]) -> None:
+    heartbeat = by_kind(wiring, "CronJob")["edgeops-release-heartbeat"]
+    spec = pod_spec(heartbeat)
+    (container,) = spec["containers"]
+    assert container["command"] == ["edgeops", "release", "heartbeat", "--all"]
+    secret_volumes = [volume for volume in spec["volumes"] if "secret" in volume]
+    assert [volume["secret"]["secretName"] for volume in secret_volumes] == [CLUSTER.release_keys_secret]
+    assert not any("projected" in volume for volume in spec["volumes"])
+    mounts = {mount["name"]: mount for mount in container["volumeMounts"]}
+    keys = mounts[secret_volumes[0]["name"]]
+    assert keys["mountPath"] == CLUSTER.release_keys_mount and keys.get("readOnly") is True
+    publisher = CLUSTER.publisher_s3_secret
+    assert secret_refs(spec) == {(publisher, "access_key"), (publisher, "secret_key")}
+    assert spec.get("automountServiceAccountToken") is False
+    assert spec.get("serviceAccountName") not in (None, "default", "pipeline-runner")
+
+
+def release_keys_rule(wiring: list[dict[str, Any]]) -> re.Pattern[str]:
+    """The allow-list of key names the admission policy enforces on the release-keys Secret."""
+    policies = by_kind(wiring, "ValidatingAdmissionPolicy")
+    bindings = by_kind(wiring, "ValidatingAdmissionPolicyBinding")
+    (name,) = policies
+    spec = policies[name]["spec"]
+    assert [binding["spec"] for binding in bindings.values()] == [{"policyName": name, "validationActions": ["Deny"]}]
+    assert spec["failurePolicy"] == "Fail"
+    assert spec["matchConstraints"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kubeflow"}
+    (rule,) = spec["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["secrets"] and set(rule["operations"]) == {"CREATE", "UPDATE"}
+    (condition,) = spec["matchConditions"]
+    assert condition["expression"] == f"object.metadata.name == '{CLUSTER.release_keys_secret}'"
+    assert "object.data" in spec["variables"][0]["expression"]
+    assert "object.stringData" in spec["variables"][0]["expression"]
+    (validation,) = spec["validations"]
+    expression = " ".join(validation["expression"].split())
+    assert expression.startswith("variables.keys.all(k, k.matches(")
+    (pattern,) = re.findall(r"k\.matches\('([^']+)'\)", expression)
+    return re.compile(pattern)
+
+
+def test_release_keys_secret_can_never_hold_the_root_key(wiring: list[dict[str, Any]]) -> None:
+    allowed = release_keys_rule(wiring)
+    online = ["targets.pem", "snapshot.pem", "timestamp.pem", "targets-0123456789abcdef.pem"]
+    for key in [*online, "timestamp-fedcba9876543210.pem", "root.json", "1.root.json", "12.root.json"]:
+        assert allowed.search(key), key
+    for key in ["root.pem", "root-0123456789abcdef.pem", "root.json.pem", "id_ed25519", "targets.pem.bak", "x.pem"]:
+        assert not allowed.search(key), key
+
+
+def test_heartbeat_service_account_has_no_token(wiring: list[dict[str, Any]]) -> None:
+    heartbeat = pod_spec(by_kind(wiring, "CronJob")["edgeops-release-heartbeat"])
+    account = by_kind(wiring, "ServiceAccount")[heartbeat["serviceAccountName"]]
+    assert account.get("automountServiceAccountToken") is False
+    rbac_bindings = [obj for obj in wiring if obj["kind"] in ("RoleBinding", "ClusterRoleBinding")]
+    bound = {subject["name"] for binding in rbac_bindings for subject in binding.get("subjects", [])}
+    assert heartbeat["serviceAccountName"] not in bound
+
+
+def grants_secrets(rule: dict[str, Any]) -> bool:
+    return bool({"secrets", "*"} & set(rule.get("resources", []))) and bool(set(rule.get("apiGroups", [])) & {"", "*"})
+
+
+def test_wiring_grants_the_pipeline_runner_no_secret_reads(wiring: list[dict[str, Any]]) -> None:
+    roles = {(obj["kind"], obj["metadata"]["name"]): obj for obj in wiring if obj["kind"] in ("Role", "ClusterRole")}
+    for binding in (obj for obj in wiring if obj["kind"] in ("RoleBinding", "ClusterRoleBinding")):
+        role = roles.get((binding["roleRef"]["kind"], binding["roleRef"]["name"]), {})
+        for rule in role.get("rules", []):
+            assert not grants_secrets(rule), f"{binding['metadata']['name']} grants {rule}"
+    for role in roles.values():
+        assert not any(grants_secrets(rule) for rule in role.get("rules", [])), f"{role['metadata']['name']}"
+
+
+# Upstream's Role as of KFP 2.17.0 (manifests/kustomize/base/pipeline/pipeline-runner-role.yaml), its
+# first rules: the offline stand-in the platform kustomization's patches are applied to.
+UPSTREAM_PIPELINE_RUNNER = {
+    "apiVersion": "rbac.authorization.k8s.io/v1",
+    "kind": "Role",
+    "metadata": {"name": "pipeline-runner"},
+    "rules": [
+        {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]},
+        {"apiGroups": [""], "resources": ["configmaps"], "verbs": ["get", "watch", "list"]},
+        {"apiGroups": [""], "resources": ["pods", "pods/exec", "pods/log", "services"], "verbs": ["*"]},
+    ],
+}
+
+
+def test_upstream_pipeline_runner_may_read_only_kfps_artifact_secret(tmp_path: Path) -> None:
+    platform = yaml.safe_load(
+        (REPO / "manifests" / "kubeflow-pipelines" / "platform" / "kustomization.yaml").read_text()
+    )
+    assert platform.get("patches"), "upstream's pipeline-runner Role may `get` every Secret in the namespace"
+    (tmp_path / "upstream.yaml").write_text(yaml.safe_dump(UPSTREAM_PIPELINE_RUNNER))
+    local = {**platform, "resources": ["upstream.yaml"], "namespace": "kubeflow"}
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump(local))
+    (role,) = [obj for obj in kustomize(tmp_path) if obj["kind"] == "Role"]
+    secret_rules = [rule for rule in role["rules"] if grants_secrets(rule)]
+    assert secret_rules, "the patch dropped KFP's own artifact Secret, which its launcher needs"
+    for rule in secret_rules:
+        assert rule.get("resourceNames") == [KFP_ARTIFACT_SECRET], rule
+        assert set(rule["verbs"]) == {"get"}, rule
+
+
+# --- the chart: S3 identities ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def chart() -> list[dict[str, Any]]:
+    return helm_template()
+
+
+def test_only_minio_and_the_bucket_job_hold_the_root_user(chart: list[dict[str, Any]]) -> None:
+    holders = {
+        f"{obj['kind']}/{obj['metadata']['name']}"
+        for obj in chart
+        if obj["kind"] in ("StatefulSet", "Deployment", "Job", "Pod", "CronJob")
+        and any(name == ROOT_SECRET for name, _ in secret_refs(pod_spec(obj)))
+    }
+    assert holders == {"StatefulSet/edgeops-minio", "Job/edgeops-minio-buckets"}
+
+
+def test_mlflow_uses_its_own_identity(chart: list[dict[str, Any]]) -> None:
+    mlflow = by_kind(chart, "Deployment")["edgeops-mlflow"]
+    refs = {
+        env["name"]: env["valueFrom"]["secretKeyRef"]
+        for container in pod_spec(mlflow)["containers"]
+        for env in container.get("env", [])
+        if env["name"].startswith("AWS_") and "valueFrom" in env
+    }
+    assert {ref["name"] for ref in refs.values()} == {"edgeops-minio-mlflow"}
+    assert {ref["key"] for ref in refs.values()} == {"access-key", "secret-key"}
+
+
+def test_each_identity_is_generated_and_limited_to_its_bucket(chart: list[dict[str, Any]]) -> None:
+    secrets = by_kind(chart, "Secret")
+    for identity in IDENTITY_BUCKETS:
+        assert set(secrets[f"edgeops-minio-{identity}"]["data"]) == {"access-key", "secret-key"}
+    policies = by_kind(chart, "ConfigMap")["edgeops-minio-policies"]["data"]
+    assert set(policies) == {f"{identity}.json" for identity in IDENTITY_BUCKETS}
+    for identity, bucket in IDENTITY_BUCKETS.items():
+        policy = json.loads(policies[f"{identity}.json"])
+        resources = {resource for statement in policy["Statement"] for resource in statement["Resource"]}
+        actions = {action for statement in policy["Statement"] for action in statement["Action"]}
+        assert resources == {f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"}, identity
+        assert all(statement["Effect"] == "Allow" for statement in policy["Statement"])
+        assert all(action.startswith("s3:") and "*" not in action for action in actions), actions
+        assert not {action for action in actions if "Bucket" in action and action.startswith(("s3:Put", "s3:Delete"))}
+        assert ("s3:DeleteObject" in actions) == (identity == "mlflow"), identity
+
+
+def test_bucket_job_creates_the_users_and_attaches_the_policies(chart: list[dict[str, Any]]) -> None:
+    job = by_kind(chart, "Job")["edgeops-minio-buckets"]
+    spec = pod_spec(job)
+    script = spec["containers"][0]["command"][-1]
+    for command in ("mc admin policy create", "mc admin user add", "mc admin policy attach"):
+        assert command in script
+    for identity in IDENTITY_BUCKETS:
+        assert f"identity {identity} " in script
+        assert (f"edgeops-minio-{identity}", "secret-key") in secret_refs(spec)
+    assert {"name": "policies", "configMap": {"name": "edgeops-minio-policies"}} in spec["volumes"]
+
+
+def test_production_values_bring_their_own_identities() -> None:
+    objects = helm_template(REPO / "helm" / "values-production.yaml")
+    assert not [name for name in by_kind(objects, "Secret") if name.startswith("edgeops-minio-")]
+    mlflow = pod_spec(by_kind(objects, "Deployment")["edgeops-mlflow"])
+    assert {name for name, _ in secret_refs(mlflow)} == {"edgeops-mysql-credentials", "edgeops-s3-mlflow-credentials"}
