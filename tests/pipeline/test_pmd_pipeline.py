@@ -136,7 +136,9 @@ def test_loso_trains_one_model_per_held_out_subject(small_pmd: Settings, tmp_pat
     data = load_subjects(small_pmd.pmd.data, ["S1", "S2", "S3"])
     for fold in result.folds:
         assert fold.test_samples == int((data.subjects == fold.test_subject).sum())
-        assert 0.0 <= fold.int8_accuracy <= 1.0 and 0.0 <= fold.fp32_accuracy <= 1.0
+        for accuracy in (fold.int8_accuracy, fold.fp32_accuracy):  # a share of this fold's test maps, not a mean
+            correct = accuracy * fold.test_samples
+            assert correct == pytest.approx(round(correct), abs=1e-6)
     assert result.mean_int8 == pytest.approx(sum(f.int8_accuracy for f in result.folds) / 3)
     report = (tmp_path / "loso.md").read_text()
     assert f"**{result.mean_fp32:.4f}**" in report and (tmp_path / "loso.png").stat().st_size > 0

@@ -105,7 +105,7 @@ def test_run_reads_back_through_mlflow(promoted: Promoted) -> None:
     run = tracking.client(promoted.settings).get_run(promoted.dataset.run_id)
     assert run.info.run_id == promoted.verified.run_id
     assert run.data.params["dataset.window"] == "8"
-    assert 0.0 <= run.data.metrics["int8_accuracy"] <= 1.0
+    assert run.data.metrics["int8_accuracy"] == pytest.approx(promoted.verified.metrics["int8_accuracy"])
     assert run.data.tags["int8_sha256"] == promoted.verified.sha256
     assert run.data.tags["promoted_version"] == str(promoted.promotion.version)
     assert len(tracking.client(promoted.settings).get_metric_history(run.info.run_id, "val_loss")) == 3

@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 from edgeops.bench.peer import ET_FP32, ET_INT8, PeerConfig, PeerResult, compare
 from edgeops.bench.peer_report import write_report
-from edgeops.datasets.base import DATA_FILE, DatasetRecord, load_splits
+from edgeops.datasets.base import DATA_FILE, DatasetRecord, dataset_key, load_splits
 from edgeops.errors import EdgeopsError
 from edgeops.quantize.pt2e import evenly_spaced
 from edgeops.settings import Dataset, Settings
@@ -78,7 +78,7 @@ def fetch_run_inputs(settings: Settings, run_id: str, directory: Path) -> tuple[
     dataset = DatasetRecord.model_validate_json(record.read_text())
     record.replace(dataset_dir / DatasetRecord.record_file)
     s3_client(settings).download_file(
-        settings.raw_bucket, f"datasets/{dataset.version}/{DATA_FILE}", str(dataset_dir / DATA_FILE)
+        settings.raw_bucket, dataset_key(dataset.version, DATA_FILE), str(dataset_dir / DATA_FILE)
     )
     model_dir = Path(client.download_artifacts(run_id, MODEL_ARTIFACT_DIR, str(directory)))
     export_dir = Path(client.download_artifacts(run_id, ARTIFACT_DIR, str(directory)))

@@ -128,9 +128,9 @@ def run_demo(
 ) -> dict[str, Any]:
     if dataset == Dataset.pmd:
         pmd.experiment_dir(settings.pmd.data)  # no data: say so before starting anything
+    arguments = pipeline_arguments(settings, manifest_path, model_name, dataset)  # bad names: before anything
     created_keys = ensure_keys(settings.release)
     supervisor.start(settings)
-    arguments = pipeline_arguments(settings, manifest_path, model_name, dataset)
     pipeline = run_local(settings, arguments, settings.out_dir / "kfp")
     device = device_check(settings, model_name, manifest_path)
     print(f"[demo] {SIMPLE_CLIENT_TRUST}", flush=True)
