@@ -123,23 +123,28 @@ kfp-install: tools ## install Kubeflow Pipelines (upstream, pinned) and wire it 
 	$(KUBECTL) wait --for condition=established --timeout=120s crd/applications.app.k8s.io
 	$(KUBECTL) apply -k manifests/kubeflow-pipelines/platform
 	$(KUBECTL) apply -k manifests/edgeops-wiring
-	@# Copy the chart's bucket-limited S3 identities (never the root user) into the Secrets the tasks and the
-	@# heartbeat mount (never echoed): pipeline -> edgeops-s3-pipeline (ingest), publisher -> edgeops-s3-publisher.
-	@set -o pipefail; for identity in pipeline publisher; do \
+	@# Copy the chart's bucket-limited S3 identities (never the root user, never echoed): pipeline ->
+	@# kubeflow/edgeops-s3-pipeline (ingest); publisher -> edgeops-release/edgeops-s3-publisher (the release
+	@# signer and the heartbeat). No pipeline task gets the publisher identity: promote only requests releases.
+	@set -o pipefail; for copy in kubeflow:pipeline edgeops-release:publisher; do \
+		namespace=$${copy%%:*}; identity=$${copy#*:}; \
 		$(KUBECTL) -n edgeops get secret $(RELEASE)-minio-$$identity -o go-template='access_key={{index .data "access-key" | base64decode}}{{"\n"}}secret_key={{index .data "secret-key" | base64decode}}{{"\n"}}' \
-		| $(KUBECTL) -n kubeflow create secret generic edgeops-s3-$$identity --from-env-file=/dev/stdin --dry-run=client -o yaml \
+		| $(KUBECTL) -n $$namespace create secret generic edgeops-s3-$$identity --from-env-file=/dev/stdin --dry-run=client -o yaml \
 		| $(KUBECTL) apply -f - || exit 1; \
 	done
-	$(KUBECTL) -n kubeflow delete secret edgeops-s3 --ignore-not-found  # an earlier copy of the root user
+	@# Earlier wiring: a copy of the root user, and the publisher identity and keys in kubeflow, where any task could mount them.
+	$(KUBECTL) -n kubeflow delete --ignore-not-found secret/edgeops-s3 secret/edgeops-s3-publisher \
+		secret/edgeops-release-keys cronjob/edgeops-release-heartbeat serviceaccount/edgeops-release-heartbeat
 	$(KUBECTL) -n kubeflow wait --for=condition=Available deployment --all --timeout=15m
 
 KEYS_DIR ?= $(HOME)/.config/edgeops/tuf-keys
 
-release-keys-secret: tools ## the online signing keys and the root metadata, never the root key, in the Secret promote and the heartbeat mount
+release-keys-secret: tools ## the online signing keys and the root metadata, never the root key, for the release signer and the heartbeat
 	@test -f $(KEYS_DIR)/root.json || { echo "no keys in $(KEYS_DIR): run 'uv run edgeops keys init' first"; exit 1; }
-	@# The cluster refuses any other file in this Secret (manifests/edgeops-wiring/release-keys-policy.yaml).
+	@# Namespace edgeops-release only: the cluster refuses this Secret elsewhere, and any other file in it
+	@# (manifests/edgeops-wiring/release-keys-policy.yaml).
 	@set -o pipefail; files=$$(cd $(KEYS_DIR) && ls root.json [0-9]*.root.json targets*.pem snapshot*.pem timestamp*.pem 2>/dev/null); \
-		$(KUBECTL) -n kubeflow create secret generic edgeops-release-keys $$(printf -- '--from-file=$(KEYS_DIR)/%s ' $$files) \
+		$(KUBECTL) -n edgeops-release create secret generic edgeops-release-keys $$(printf -- '--from-file=$(KEYS_DIR)/%s ' $$files) \
 		--dry-run=client -o yaml | $(KUBECTL) apply -f -
 
 pipeline-run: compile ## upload the cluster pipeline and start a run through the KFP API

@@ -117,7 +117,8 @@ def verify(
 
 @dsl.component(base_image=IMAGE, install_kfp_package=False)
 def promote(verified: Input[Model], model_name: str, channel: str, promotion: Output[Artifact]) -> int:
-    """Register, alias and publish a signed release to the OTA bucket. Returns the registry version."""
+    """Register and publish a signed release (or, on a cluster, ask the release signer for one). Returns the
+    registry version."""
     from pathlib import Path
 
     from edgeops.pipeline.task import stage_task
@@ -130,7 +131,7 @@ def promote(verified: Input[Model], model_name: str, channel: str, promotion: Ou
         {
             "manifest_url": result.manifest_url,
             "version": result.version,
-            "release": f"{result.channel} v{result.release_version}",
+            "release": result.describe(),
         }
     )
     return result.version

@@ -9,8 +9,10 @@ e.g. {"min_int8_accuracy": 0.97}; `edgeops.pipeline.arguments` fills every param
 Two flavours compile from one definition (`make compile`):
 - `edgeops.yaml` for KFP's local runner: tasks take settings from the environment;
 - `edgeops_cluster.yaml` for a Kubeflow cluster: kfp-kubernetes mounts the settings ConfigMap into
-  every task and only the Secrets its stage needs (`edgeops.pipeline.cluster`: S3 identities for ingest
-  and promote, the release keys for promote), and every task has CPU/memory requests and limits.
+  every task and only the Secrets its stage needs (`edgeops.pipeline.cluster`: the raw-bucket S3
+  identity for ingest, nothing else), and every task has CPU/memory requests and limits. No task holds
+  signing keys: promote requests the release in MLflow (EDGEOPS_RELEASE__SIGNED_BY=signer) and the
+  release signer in namespace edgeops-release signs it.
 """
 
 from pathlib import Path
@@ -35,13 +37,13 @@ SETTINGS_KEYS = [
     "EDGEOPS_MLFLOW_TRACKING_URI",
     "EDGEOPS_RAW_BUCKET",
     "EDGEOPS_OTA_BUCKET",
-    "EDGEOPS_RELEASE__KEYS_DIR",
+    "EDGEOPS_RELEASE__SIGNED_BY",  # "signer": promote requests the release, the release signer signs it
 ]
 
 
 def for_cluster(task: PipelineTask) -> None:
     cluster = DEFAULTS.cluster
-    mount_task_secrets(task, cluster)  # its stage's S3 identity, if any; the release keys for promote only
+    mount_task_secrets(task, cluster)  # its stage's S3 identity, if any; never signing keys
     kubernetes.use_config_map_as_env(
         task, config_map_name=cluster.settings_config_map, config_map_key_to_env={key: key for key in SETTINGS_KEYS}
     )

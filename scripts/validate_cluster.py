@@ -5,8 +5,9 @@
   release, and are rendered when the network allows;
 - hadolint passes on every Dockerfile under images/, and the image requirements match uv.lock;
 - the compiled pipelines run only our pinned image, every cluster task has resources, exactly the
-  Secrets its stage needs (edgeops.pipeline.cluster) and the settings ConfigMap, and no credential
-  appears anywhere in them.
+  Secrets its stage needs (edgeops.pipeline.cluster: never the release keys, which only the release
+  signer in namespace edgeops-release holds) and the settings ConfigMap, and no credential appears
+  anywhere in them.
 
 Run from the repository root: `uv run python scripts/validate_cluster.py` (part of `make validate`).
 """
@@ -128,7 +129,8 @@ def check_pipelines(settings: Settings) -> int:
             for executor in executors:
                 config = configs.get(executor, {})
                 expected = task_secrets(executor.removeprefix("exec-"), settings.cluster)
-                wanted = {"secretAsEnv": expected.s3_secret, "secretAsVolume": expected.release_keys_secret}
+                # No task mounts a Secret as a volume: the release keys live in edgeops-release, not here.
+                wanted = {"secretAsEnv": expected.s3_secret, "secretAsVolume": None}
                 for field, want in wanted.items():
                     mounted = sorted(s.get("secretName") for s in config.get(field, []))
                     if mounted != ([want] if want else []):

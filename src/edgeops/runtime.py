@@ -40,3 +40,15 @@ class Program:
         output = self(sample)
         if list(output.shape) != output_shape or not torch.isfinite(output).all():
             raise VerificationError(f"{self.path.name}: output {output.tolist()} is not finite or has the wrong shape")
+
+
+def reproduction_error(
+    path: Path, input_shape: list[int], output_shape: list[int], reference_input: Any, reference_output: Any
+) -> float:
+    """Load the program, check its shapes, and return how far its output on `reference_input` is from
+    `reference_output` (the largest absolute difference): what a device and the release signer check."""
+    program = Program(path)
+    reference = torch.tensor(reference_input, dtype=torch.float32)
+    program.check(input_shape, output_shape, reference)
+    expected = torch.tensor(reference_output, dtype=torch.float32)
+    return float((program(reference) - expected).abs().max())

@@ -276,6 +276,9 @@ class ReleaseConfig(BaseModel):
     """TUF metadata the publisher signs. Keys live outside the repository."""
 
     keys_dir: Path = Path.home() / ".config" / "edgeops" / "tuf-keys"
+    # Who signs: `promote` itself (one machine), or the release signer (`edgeops release sign-requests`)
+    # in a namespace of its own on a cluster, so that no pipeline task holds a key.
+    signed_by: Literal["promote", "signer"] = "promote"
     # The root key, apart from the online keys: move it offline after `edgeops keys init`.
     root_key_dir: Path = Path.home() / ".config" / "edgeops" / "tuf-root-key"
     channels: list[str] = ["stable", "canary"]
@@ -315,16 +318,16 @@ class ClusterConfig(BaseModel):
     kind_cluster: str = "edgeops"
     helm_release: str = "edgeops"
     helm_namespace: str = "edgeops"
-    # S3 identities in kfp_namespace (keys access_key, secret_key), copied by `make kfp-install` from the
-    # chart's per-workload MinIO users, never its root user (docs/cluster-security.md):
-    # `s3_secret`, the pipeline identity, reads and writes objects in the raw bucket (ingest);
-    # `publisher_s3_secret` reads and writes objects in the OTA bucket (promote and the heartbeat CronJob).
-    # Which task gets which is `edgeops.pipeline.cluster.TASK_S3_IDENTITY`.
+    # S3 identities (keys access_key, secret_key), copied by `make kfp-install` from the chart's
+    # per-workload MinIO users, never its root user (docs/cluster-security.md):
+    # `s3_secret`, the pipeline identity in kfp_namespace, reads and writes objects in the raw bucket (ingest;
+    # which task gets it is `edgeops.pipeline.cluster.TASK_S3_IDENTITY`); `publisher_s3_secret` reads and
+    # writes objects in the OTA bucket, for the release signer and heartbeat CronJobs in `edgeops-release`.
     s3_secret: str = "edgeops-s3-pipeline"
     publisher_s3_secret: str = "edgeops-s3-publisher"
     settings_config_map: str = "edgeops-settings"
-    # The online TUF keys (targets, snapshot, timestamp) and the public root.json, never root.pem
-    # (`make release-keys-secret`), mounted into promote only (and, key by key, into the heartbeat).
+    # The online TUF keys (targets, snapshot, timestamp) and the public roots, never the root key
+    # (`make release-keys-secret`), mounted only by the release signer and the heartbeat in `edgeops-release`.
     release_keys_secret: str = "edgeops-release-keys"
     release_keys_mount: str = "/var/run/edgeops/release-keys"
     task_cpu_request: str = "500m"

@@ -1,13 +1,18 @@
 """Least privilege on a cluster, checked on what would be applied: the Helm chart as rendered, the
-kustomize wiring as rendered, the cluster pipeline as compiled (docs/cluster-security.md).
+kustomize wiring as rendered, the cluster pipeline as compiled, the Makefile's recipes as run against a
+stand-in kubectl (docs/cluster-security.md).
 
-- only promote and the heartbeat mount the release keys, and the API server refuses a root key in them;
-- every S3 credential a task or the heartbeat gets is a bucket-limited identity, never MinIO's root user;
+- no KFP task mounts the release keys or the publisher identity; promote only requests a release
+  (EDGEOPS_RELEASE__SIGNED_BY=signer), and nothing in `kubeflow` names the keys Secret;
+- the release signer and the heartbeat, in namespace edgeops-release, are the only workloads that mount
+  the keys, and the API server refuses a root key in them and the Secret outside edgeops-release;
+- every S3 credential a task or CronJob gets is a bucket-limited identity, never MinIO's root user;
 - nothing grants KFP's pipeline-runner reads of our Secrets, and upstream's blanket `get secrets` is narrowed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -22,7 +27,7 @@ import yaml
 from kfp import compiler
 
 from edgeops.errors import EdgeopsError
-from edgeops.pipeline.cluster import SIGNING_STAGES, TASK_S3_IDENTITY, task_secrets
+from edgeops.pipeline.cluster import TASK_S3_IDENTITY, task_secrets
 from edgeops.settings import ClusterConfig
 from tests.conftest import REPO
 
@@ -32,6 +37,10 @@ KFP_ARTIFACT_SECRET = "mlpipeline-minio-artifact"  # the one Secret KFP's launch
 # The chart's identities and the one bucket each may touch (values.yaml buckets).
 IDENTITY_BUCKETS = {"pipeline": "raw", "publisher": "ota", "mlflow": "mlflow"}
 ROOT_SECRET = "edgeops-minio"  # release `edgeops`: the chart's generated root credentials
+KFP_NAMESPACE = CLUSTER.kfp_namespace
+RELEASE_NAMESPACE = "edgeops-release"  # the release signer's namespace (manifests/edgeops-wiring)
+# What only the release signer and the heartbeat may hold, never a KFP task.
+SIGNING_SECRETS = {CLUSTER.release_keys_secret, CLUSTER.publisher_s3_secret}
 
 
 def tool(name: str, *candidates: Path) -> str:
@@ -95,16 +104,15 @@ def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any
 # --- the pipeline tasks ---------------------------------------------------------------------------
 
 
-def test_every_stage_has_wiring_and_only_promote_signs_or_publishes() -> None:
+def test_every_stage_has_wiring_and_no_task_gets_keys_or_the_publisher_identity() -> None:
     assert list(TASK_S3_IDENTITY) == STAGES
-    assert {"promote"} == SIGNING_STAGES
     wiring = {stage: task_secrets(stage, CLUSTER) for stage in STAGES}
-    assert {stage for stage, secrets in wiring.items() if secrets.release_keys_secret} == {"promote"}
-    assert wiring["promote"].release_keys_secret == CLUSTER.release_keys_secret
-    assert wiring["promote"].s3_secret == CLUSTER.publisher_s3_secret
+    for stage, secrets in wiring.items():
+        named = {value for value in dataclasses.asdict(secrets).values() if value}
+        assert not named & SIGNING_SECRETS, f"{stage} gets {named & SIGNING_SECRETS}: only the release signer signs"
     assert wiring["ingest"].s3_secret == CLUSTER.s3_secret
-    assert all(wiring[stage].s3_secret is None for stage in ("train", "export", "benchmark", "verify"))
-    assert CLUSTER.s3_secret != CLUSTER.publisher_s3_secret
+    assert all(wiring[stage].s3_secret is None for stage in STAGES if stage != "ingest")
+    assert CLUSTER.s3_secret not in SIGNING_SECRETS
     with pytest.raises(EdgeopsError, match="no cluster wiring"):
         task_secrets("deploy", CLUSTER)  # a new stage must be classified, not given a default
 
@@ -115,15 +123,21 @@ def check_least_privilege(executors: dict[str, dict[str, Any]]) -> None:
     for name, config in executors.items():
         stage = name.removeprefix("exec-")
         env_secrets = {secret["secretName"] for secret in config.get("secretAsEnv", [])}
-        volume_secrets = {secret["secretName"] for secret in config.get("secretAsVolume", [])}
-        expected_s3 = {"ingest": {CLUSTER.s3_secret}, "promote": {CLUSTER.publisher_s3_secret}}.get(stage, set())
+        expected_s3 = {CLUSTER.s3_secret} if stage == "ingest" else set()
         assert env_secrets == expected_s3, f"{stage} gets S3 credentials {env_secrets}, expected {expected_s3}"
-        expected_keys = {CLUSTER.release_keys_secret} if stage == "promote" else set()
-        assert volume_secrets == expected_keys, f"{stage} mounts {volume_secrets}, expected {expected_keys}"
+        assert not config.get("secretAsVolume"), f"{stage} mounts {config['secretAsVolume']}"
+        named = set(re.findall(r"edgeops-[a-z0-9-]+", json.dumps(config)))
+        assert not named & SIGNING_SECRETS, f"{stage} names {named & SIGNING_SECRETS}"
         for secret in config.get("secretAsEnv", []):
             assert {item["envVar"] for item in secret["keyToEnv"]} == {"EDGEOPS_S3_ACCESS_KEY", "EDGEOPS_S3_SECRET_KEY"}
-    promote = executors["exec-promote"]["secretAsVolume"]
-    assert [volume["mountPath"] for volume in promote] == [CLUSTER.release_keys_mount]
+        settings = {
+            item["envVar"]
+            for source in config.get("configMapAsEnv", [])
+            if source["configMapName"] == CLUSTER.settings_config_map
+            for item in source["keyToEnv"]
+        }
+        assert "EDGEOPS_RELEASE__SIGNED_BY" in settings, f"{stage} does not read who signs releases"
+        assert "EDGEOPS_RELEASE__KEYS_DIR" not in settings, stage
 
 
 def compiled_executors(pipeline: Any, tmp_path: Path) -> dict[str, dict[str, Any]]:
@@ -135,20 +149,79 @@ def compiled_executors(pipeline: Any, tmp_path: Path) -> dict[str, dict[str, Any
     return {name: configs.get(name, {}) for name in spec["deploymentSpec"]["executors"]}
 
 
-def test_cluster_pipeline_mounts_keys_into_promote_only_and_no_root_identity(tmp_path: Path) -> None:
-    """The real cluster pipeline (pipelines/edgeops_pipeline.py), compiled afresh."""
+def test_cluster_pipeline_mounts_no_keys_and_no_publisher_identity(tmp_path: Path) -> None:
+    """The real cluster pipeline (pipelines/edgeops_pipeline.py), compiled afresh, and the committed package."""
     from pipelines.edgeops_pipeline import edgeops_pipeline_cluster
 
     check_least_privilege(compiled_executors(edgeops_pipeline_cluster, tmp_path))
+    committed = (REPO / "pipelines" / "edgeops_cluster.yaml").read_text()
+    for secret in SIGNING_SECRETS:
+        assert secret not in committed, f"pipelines/edgeops_cluster.yaml names {secret}"
 
 
-def test_kfp_install_never_copies_the_root_user_into_the_pipeline_namespace() -> None:
+def run_recipe(target: str, tmp_path: Path, *variables: str) -> list[list[str]]:
+    """Run a Makefile recipe against a stand-in kubectl; return the arguments of each kubectl call."""
+    make = tool("make")
+    log = tmp_path / "kubectl.log"
+    kubectl = tmp_path / "kubectl"
+    kubectl.write_text(
+        "#!/bin/sh\n"
+        f"printf '%s\\0' \"$@\" >> '{log}'; printf '\\n' >> '{log}'\n"
+        'case "$*" in *"get secret"*) printf \'access_key=a\\nsecret_key=b\\n\';; esac\n'
+        'case "$*" in *"-f -"*|*"/dev/stdin"*) cat > /dev/null;; esac\n'
+    )
+    kubectl.chmod(0o755)
+    done = subprocess.run(
+        [make, "--no-print-directory", "-s", "-o", "tools", target, f"KUBECTL={kubectl}", *variables],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={key: value for key, value in os.environ.items() if not key.startswith("MAKE")},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    calls = [line.split("\0")[:-1] for line in log.read_text().splitlines() if line]
+    assert calls, f"make {target} never called kubectl"
+    return calls
+
+
+def created_secrets(calls: list[list[str]]) -> set[tuple[str, str]]:
+    """(namespace, name) of every `kubectl -n NS create secret generic NAME`."""
+    return {
+        (call[call.index("-n") + 1], call[call.index("generic") + 1])
+        for call in calls
+        if "create" in call and "secret" in call and "generic" in call
+    }
+
+
+def test_kfp_install_copies_publisher_to_the_release_namespace_only(tmp_path: Path) -> None:
     makefile = (REPO / "Makefile").read_text()
     recipe = makefile.split("\nkfp-install:", 1)[1].split("\n\n", 1)[0]
     assert "root-user" not in recipe and "root-password" not in recipe, (
         "make kfp-install copies MinIO's root credentials into the Secret pipeline tasks mount; "
         "copy the chart's per-workload identities (edgeops-minio-pipeline, edgeops-minio-publisher) instead"
     )
+    calls = run_recipe("kfp-install", tmp_path)
+    assert created_secrets(calls) == {
+        (KFP_NAMESPACE, CLUSTER.s3_secret),
+        (RELEASE_NAMESPACE, CLUSTER.publisher_s3_secret),
+    }
+    read = {call[call.index("secret") + 1] for call in calls if "get" in call and "secret" in call}
+    assert read == {"edgeops-minio-pipeline", "edgeops-minio-publisher"}, "only the per-workload identities"
+
+
+def test_release_keys_secret_goes_to_the_release_namespace_with_online_keys_only(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    online = ["root.json", "1.root.json", "targets-0123456789abcdef.pem", "snapshot.pem", "timestamp.pem"]
+    for name in [*online, "root.pem", "root-0123456789abcdef.pem", "notes.txt"]:
+        (keys / name).write_text("x")
+    calls = run_recipe("release-keys-secret", tmp_path, f"KEYS_DIR={keys}")
+    assert created_secrets(calls) == {(RELEASE_NAMESPACE, CLUSTER.release_keys_secret)}
+    (create,) = [call for call in calls if "create" in call]
+    files = {argument.split("=", 1)[1] for argument in create if argument.startswith("--from-file=")}
+    assert {Path(file).name for file in files} == set(online)
 
 
 # --- the kustomize wiring: heartbeat and RBAC -----------------------------------------------------
@@ -159,11 +232,28 @@ def wiring() -> list[dict[str, Any]]:
     return kustomize(REPO / "manifests" / "edgeops-wiring")
 
 
-def test_heartbeat_mounts_only_the_release_keys_and_the_publisher_identity(wiring: list[dict[str, Any]]) -> None:
-    heartbeat = by_kind(wiring, "CronJob")["edgeops-release-heartbeat"]
-    spec = pod_spec(heartbeat)
+RELEASE_JOBS = {
+    "edgeops-release-signer": ["edgeops", "release", "sign-requests"],
+    "edgeops-release-heartbeat": ["edgeops", "release", "heartbeat", "--all"],
+}
+
+
+def mebibytes(quantity: str) -> float:
+    units = {"Mi": 1, "Gi": 1024, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+    number, unit = re.fullmatch(r"([0-9.]+)([A-Za-z]*)", quantity).groups()  # type: ignore[union-attr]
+    return float(number) * units[unit]
+
+
+@pytest.mark.parametrize("name", RELEASE_JOBS)
+def test_release_cronjobs_hold_the_keys_and_publisher_in_their_own_namespace(
+    wiring: list[dict[str, Any]], name: str
+) -> None:
+    job = by_kind(wiring, "CronJob")[name]
+    assert job["metadata"]["namespace"] == RELEASE_NAMESPACE
+    assert job["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = pod_spec(job)
     (container,) = spec["containers"]
-    assert container["command"] == ["edgeops", "release", "heartbeat", "--all"]
+    assert container["command"] == RELEASE_JOBS[name]
     secret_volumes = [volume for volume in spec["volumes"] if "secret" in volume]
     assert [volume["secret"]["secretName"] for volume in secret_volumes] == [CLUSTER.release_keys_secret]
     assert not any("projected" in volume for volume in spec["volumes"])
@@ -172,30 +262,106 @@ def test_heartbeat_mounts_only_the_release_keys_and_the_publisher_identity(wirin
     assert keys["mountPath"] == CLUSTER.release_keys_mount and keys.get("readOnly") is True
     publisher = CLUSTER.publisher_s3_secret
     assert secret_refs(spec) == {(publisher, "access_key"), (publisher, "secret_key")}
+    # Hardening: no API token, non-root, read-only root filesystem, no capabilities, bounded resources.
     assert spec.get("automountServiceAccountToken") is False
     assert spec.get("serviceAccountName") not in (None, "default", "pipeline-runner")
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    hardening = container["securityContext"]
+    assert hardening["readOnlyRootFilesystem"] is True and hardening["allowPrivilegeEscalation"] is False
+    assert hardening["capabilities"]["drop"] == ["ALL"]
+    assert {"cpu", "memory"} <= container["resources"]["limits"].keys()
+    env = {item["name"]: item.get("value") for item in container.get("env", [])}
+    tmp = {volume["name"] for volume in spec["volumes"] if "emptyDir" in volume}
+    assert env["HOME"] == "/tmp" and {mounts[name]["mountPath"] for name in tmp & mounts.keys()} == {"/tmp"}
+    # Its settings come from a ConfigMap in its own namespace that points at the mounted keys.
+    (source,) = container["envFrom"]
+    settings = [
+        obj
+        for obj in wiring
+        if obj["kind"] == "ConfigMap"
+        and obj["metadata"]["name"] == source["configMapRef"]["name"]
+        and obj["metadata"]["namespace"] == RELEASE_NAMESPACE
+    ]
+    assert settings, f"{name} reads ConfigMap {source['configMapRef']['name']}, not in {RELEASE_NAMESPACE}"
+    assert settings[0]["data"]["EDGEOPS_RELEASE__KEYS_DIR"] == CLUSTER.release_keys_mount
 
 
-def release_keys_rule(wiring: list[dict[str, Any]]) -> re.Pattern[str]:
-    """The allow-list of key names the admission policy enforces on the release-keys Secret."""
+def test_signer_runs_every_minute_with_room_for_torch_and_executorch(wiring: list[dict[str, Any]]) -> None:
+    signer = by_kind(wiring, "CronJob")["edgeops-release-signer"]
+    assert signer["spec"]["schedule"] == "* * * * *"
+    (container,) = pod_spec(signer)["containers"]
+    assert mebibytes(container["resources"]["requests"]["memory"]) >= 1024
+    assert mebibytes(container["resources"]["limits"]["memory"]) >= 2048
+
+
+def test_the_only_keys_holders_are_the_release_cronjobs(wiring: list[dict[str, Any]]) -> None:
+    holders = {
+        (obj["metadata"]["namespace"], obj["metadata"]["name"])
+        for obj in wiring
+        if obj["kind"] in ("CronJob", "Job", "Deployment", "StatefulSet", "DaemonSet", "Pod")
+        and CLUSTER.release_keys_secret in json.dumps(pod_spec(obj))
+    }
+    assert holders == {(RELEASE_NAMESPACE, name) for name in RELEASE_JOBS}
+
+
+def test_nothing_in_kubeflow_names_the_keys_or_the_publisher(wiring: list[dict[str, Any]]) -> None:
+    in_kubeflow = [obj for obj in wiring if obj["metadata"].get("namespace") == KFP_NAMESPACE]
+    assert in_kubeflow, "the wiring puts nothing in kubeflow: is the settings ConfigMap gone?"
+    for obj in in_kubeflow:
+        text = json.dumps(obj)
+        for secret in SIGNING_SECRETS:
+            assert secret not in text, f"{obj['kind']}/{obj['metadata']['name']} in {KFP_NAMESPACE} names {secret}"
+
+
+def test_pipeline_settings_make_promote_request_releases(wiring: list[dict[str, Any]]) -> None:
+    from pipelines.edgeops_pipeline import SETTINGS_KEYS
+
+    (settings,) = [
+        obj
+        for obj in wiring
+        if obj["kind"] == "ConfigMap"
+        and obj["metadata"]["name"] == CLUSTER.settings_config_map
+        and obj["metadata"]["namespace"] == KFP_NAMESPACE
+    ]
+    assert settings["data"]["EDGEOPS_RELEASE__SIGNED_BY"] == "signer"
+    assert "EDGEOPS_RELEASE__KEYS_DIR" not in settings["data"]
+    assert set(SETTINGS_KEYS) <= settings["data"].keys(), "a task would wait on a missing ConfigMap key"
+
+
+def release_keys_policy(wiring: list[dict[str, Any]]) -> dict[str, Any]:
+    """The admission policy's spec on the release-keys Secret, checked to deny and to match that Secret."""
     policies = by_kind(wiring, "ValidatingAdmissionPolicy")
     bindings = by_kind(wiring, "ValidatingAdmissionPolicyBinding")
     (name,) = policies
     spec = policies[name]["spec"]
     assert [binding["spec"] for binding in bindings.values()] == [{"policyName": name, "validationActions": ["Deny"]}]
     assert spec["failurePolicy"] == "Fail"
-    assert spec["matchConstraints"]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "kubeflow"}
+    # Every namespace: the Secret is refused outside edgeops-release (kubeflow above all).
+    assert "namespaceSelector" not in spec["matchConstraints"] and "objectSelector" not in spec["matchConstraints"]
     (rule,) = spec["matchConstraints"]["resourceRules"]
     assert rule["resources"] == ["secrets"] and set(rule["operations"]) == {"CREATE", "UPDATE"}
     (condition,) = spec["matchConditions"]
     assert condition["expression"] == f"object.metadata.name == '{CLUSTER.release_keys_secret}'"
+    return spec
+
+
+def release_keys_rule(wiring: list[dict[str, Any]]) -> re.Pattern[str]:
+    """The allow-list of key names the admission policy enforces on the release-keys Secret."""
+    spec = release_keys_policy(wiring)
     assert "object.data" in spec["variables"][0]["expression"]
     assert "object.stringData" in spec["variables"][0]["expression"]
-    (validation,) = spec["validations"]
+    (validation,) = [v for v in spec["validations"] if "variables.keys" in v["expression"]]
     expression = " ".join(validation["expression"].split())
     assert expression.startswith("variables.keys.all(k, k.matches(")
     (pattern,) = re.findall(r"k\.matches\('([^']+)'\)", expression)
     return re.compile(pattern)
+
+
+def test_release_keys_secret_is_refused_outside_the_release_namespace(wiring: list[dict[str, Any]]) -> None:
+    spec = release_keys_policy(wiring)
+    expressions = [" ".join(v["expression"].split()) for v in spec["validations"]]
+    assert f"request.namespace == '{RELEASE_NAMESPACE}'" in expressions
+    assert len(expressions) == 2, expressions
 
 
 def test_release_keys_secret_can_never_hold_the_root_key(wiring: list[dict[str, Any]]) -> None:
@@ -207,13 +373,20 @@ def test_release_keys_secret_can_never_hold_the_root_key(wiring: list[dict[str, 
         assert not allowed.search(key), key
 
 
-def test_heartbeat_service_account_has_no_token(wiring: list[dict[str, Any]]) -> None:
-    heartbeat = pod_spec(by_kind(wiring, "CronJob")["edgeops-release-heartbeat"])
-    account = by_kind(wiring, "ServiceAccount")[heartbeat["serviceAccountName"]]
+@pytest.mark.parametrize("name", RELEASE_JOBS)
+def test_release_service_accounts_have_no_token_and_no_binding(wiring: list[dict[str, Any]], name: str) -> None:
+    spec = pod_spec(by_kind(wiring, "CronJob")[name])
+    (account,) = [
+        obj
+        for obj in wiring
+        if obj["kind"] == "ServiceAccount"
+        and obj["metadata"]["name"] == spec["serviceAccountName"]
+        and obj["metadata"]["namespace"] == RELEASE_NAMESPACE
+    ]
     assert account.get("automountServiceAccountToken") is False
     rbac_bindings = [obj for obj in wiring if obj["kind"] in ("RoleBinding", "ClusterRoleBinding")]
     bound = {subject["name"] for binding in rbac_bindings for subject in binding.get("subjects", [])}
-    assert heartbeat["serviceAccountName"] not in bound
+    assert spec["serviceAccountName"] not in bound
 
 
 def grants_secrets(rule: dict[str, Any]) -> bool:

@@ -14,23 +14,20 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import mlflow
 import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from edgeops.datasets import signature_for
 from edgeops.files import sha256_bytes
-from edgeops.models.nets import ModelSpec
 from edgeops.ota.keys import Keyring
 from edgeops.ota.publisher import read_release, read_state
 from edgeops.ota.release import LATEST, manifest_key
-from edgeops.settings import Architecture, Dataset, Settings
+from edgeops.settings import Settings
 from edgeops.stack import tracking
 from edgeops.stack.s3 import get_if_present, s3_client
 from edgeops.stages import promote as promote_stage
-from edgeops.stages.verify import VerifiedModel
-from tests.support.releases import tiny_model, unique_model_name
+from tests.support.releases import unique_model_name
+from tests.support.verified import verified_dir
 
 REGISTRY_WRITES = (
     "create_registered_model",
@@ -39,38 +36,6 @@ REGISTRY_WRITES = (
     "delete_registered_model_alias",
 )
 COUNTED = "counted"  # the child's exit code when it ran to the end: how many write points it passed
-
-
-def verified_dir(settings: Settings, root: Path, name: str) -> Path:
-    """What verify leaves for promote, around a tiny real program and a real MLflow run."""
-    model = tiny_model(3)
-    signature = signature_for(Dataset.mat, settings)
-    mlflow.set_tracking_uri(settings.tracking_uri)
-    client = MlflowClient(settings.tracking_uri)
-    experiment = client.get_experiment_by_name("promote-crash") or client.get_experiment(
-        client.create_experiment("promote-crash")
-    )
-    run_id = client.create_run(experiment.experiment_id).info.run_id
-    root.mkdir(parents=True)
-    (root / "model.pte").write_bytes(model.data)
-    VerifiedModel(
-        spec=ModelSpec(**signature.model_dump(), architecture=Architecture.mat_mlp, input_layout="frames"),
-        dataset_version="crash-test",
-        run_id=run_id,
-        model_name=name,
-        strategy="ptq_per_tensor",
-        quantization="test",
-        candidates=[],
-        file="model.pte",
-        sha256=model.sha256,
-        size_bytes=len(model.data),
-        artifact_path="model",
-        gates=[],
-        metrics={},
-        reference_input=model.reference_input,
-        reference_output=model.reference_output,
-    ).save(root)
-    return root
 
 
 class Tripwire:

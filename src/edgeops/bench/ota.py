@@ -127,6 +127,8 @@ def measure(settings: Settings, trials: int, interval_s: float, report: Callable
             started = time.time()
             promotion = promote(models[trial % len(models)], work / "promotions" / str(trial), settings, name)
             finished = time.time()
+            if promotion.release_version is None:
+                raise EdgeopsError("bench-ota times promote's own signing: set EDGEOPS_RELEASE__SIGNED_BY=promote")
             running_at = _wait_for_version(device, promotion.release_version, agent, predictions, offset)
             status = json.loads((device / STATUS_FILE).read_text())
             installed_at = datetime.fromisoformat(status["installed"]["installed_at"]).timestamp()

@@ -1,4 +1,4 @@
-"""`edgeops release rollback | heartbeat | status | reconcile | list`: signed releases in the OTA bucket."""
+"""`edgeops release …`: signed releases in the OTA bucket, their freshness, and requests for new ones."""
 
 from __future__ import annotations
 
@@ -135,19 +135,21 @@ def status(
     else:
         colours = {"ok": "green", "renew": "cyan", "warn": "yellow", "expired": "red"}
         table = Table(title=f"TUF roles in s3://{settings.ota_bucket}/")
-        for column in ("model", "role", "version", "expires", "left", "state", "what to do"):
-            table.add_column(column)
+        for column in ("model", "role", "version", "expires (UTC)", "left", "state"):
+            table.add_column(column, no_wrap=True)
         for row in rows:
             table.add_row(
                 row.model_name,
                 row.role,
                 str(row.version),
-                row.expires.isoformat(),
+                row.expires.strftime("%Y-%m-%d %H:%M"),
                 f"{row.remaining_s / 86_400:.1f} d",
                 f"[{colours[row.level]}]{row.level}[/]",
-                row.advice,
             )
         console.print(table)
+        for row in rows:
+            if row.advice:
+                console.print(f"[{colours[row.level]}]{row.model_name} {row.role}: {row.advice}[/]")
     if any(row.level == "expired" for row in rows):
         raise typer.Exit(1)
 
@@ -158,6 +160,28 @@ def reconcile(model: ModelOption = None, every: AllOption = False, keys_dir: Key
     settings, keyring, s3 = _context(keys_dir)
     for name in _models(settings, s3, keyring, model, every):
         console.print(_reconcile(settings, keyring, name))
+
+
+@app.command("sign-requests")
+def sign_requests(keys_dir: KeysOption = None) -> None:
+    """Publish every release promote requested (settings.release.signed_by=signer), after the signer's own checks.
+
+    The only command on a cluster that holds the online keys besides the heartbeat; run it every minute.
+    Exits 1 if a request was refused or could not be published yet.
+    """
+    from edgeops.stages.signer import sign_requests as run
+
+    settings, keyring, _ = _context(keys_dir)
+    handled = run(settings, keyring)
+    colours = {"published": "green", "refused": "red", "requested": "yellow"}
+    for request in handled:
+        console.print(
+            f"[{colours[request.state]}]{request.model_name} registry version {request.version}: {request.outcome}[/]"
+        )
+    if not handled:
+        console.print("no release requests")
+    if any(request.state != "published" for request in handled):
+        raise typer.Exit(1)
 
 
 @app.command("list")

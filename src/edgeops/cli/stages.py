@@ -115,7 +115,4 @@ def promote(
     from edgeops.stages.promote import promote as run
 
     result = run(verified, out, Settings(), model_name, channel)
-    console.print(
-        f"promoted {result.model_name} registry version {result.version} as {result.channel} "
-        f"v{result.release_version}: {result.manifest_url}"
-    )
+    console.print(f"promoted {result.describe()}: {result.manifest_url}")

@@ -1,5 +1,6 @@
 """The cluster pipeline's least-privilege wiring (which task gets which Secret), and submitting it to
-Kubeflow Pipelines through its API. docs/cluster-security.md explains the design and its limits."""
+Kubeflow Pipelines through its API. No task signs: releases are signed by the release signer in
+namespace edgeops-release. docs/cluster-security.md explains the design and its limits."""
 
 from __future__ import annotations
 
@@ -16,35 +17,37 @@ if TYPE_CHECKING:
 
 
 class S3Identity(StrEnum):
-    """The object store identities a task can get; none of them is the root user."""
+    """The object store identities a KFP task can get; none of them is the root user. The `publisher`
+    identity (the OTA bucket) is not among them: only the release signer and the heartbeat hold it, in
+    namespace edgeops-release (manifests/edgeops-wiring, docs/cluster-security.md)."""
 
     pipeline = "pipeline"  # objects in the raw bucket
-    publisher = "publisher"  # objects in the OTA bucket
 
 
 # Every stage of the pipeline and the S3 identity its task gets on a cluster. Only ingest (archives to
-# the raw bucket) and promote (publishes to the OTA bucket) call S3 themselves; the others reach MLflow's
-# artifacts through its proxy and get no S3 credentials at all. A stage missing here cannot be wired.
+# the raw bucket) calls S3 itself; the others reach MLflow's artifacts through its proxy and get no S3
+# credentials at all. Promote gets neither S3 nor the release keys: on a cluster it only requests a
+# release in MLflow (EDGEOPS_RELEASE__SIGNED_BY=signer), and the release signer (`edgeops release
+# sign-requests`, namespace edgeops-release) checks, signs and publishes it. Kubernetes mounts Secrets
+# only from a pod's own namespace, so no task in kubeflow can mount the keys. A stage missing here
+# cannot be wired.
 TASK_S3_IDENTITY: dict[str, S3Identity | None] = {
     "ingest": S3Identity.pipeline,
     "train": None,
     "export": None,
     "benchmark": None,
     "verify": None,
-    "promote": S3Identity.publisher,
+    "promote": None,
 }
-# The only stage that signs releases, so the only one that mounts the online TUF keys.
-SIGNING_STAGES = frozenset({"promote"})
 # Keys of the S3 identity Secrets in the KFP namespace -> the settings each task reads.
 S3_SECRET_KEYS = {"access_key": "EDGEOPS_S3_ACCESS_KEY", "secret_key": "EDGEOPS_S3_SECRET_KEY"}
 
 
 @dataclass(frozen=True)
 class TaskSecrets:
-    """The Secrets one task mounts: its S3 identity's (as environment) and, if it signs, the release keys."""
+    """The Secrets one task mounts: its S3 identity's (as environment), if any. No task mounts signing keys."""
 
     s3_secret: str | None
-    release_keys_secret: str | None
 
 
 def task_secrets(stage: str, cluster: ClusterConfig) -> TaskSecrets:
@@ -53,12 +56,7 @@ def task_secrets(stage: str, cluster: ClusterConfig) -> TaskSecrets:
         raise EdgeopsError(
             f"no cluster wiring for stage '{stage}': add it to edgeops.pipeline.cluster.TASK_S3_IDENTITY"
         )
-    identity = TASK_S3_IDENTITY[stage]
-    s3_secret = {None: None, S3Identity.pipeline: cluster.s3_secret, S3Identity.publisher: cluster.publisher_s3_secret}
-    return TaskSecrets(
-        s3_secret=s3_secret[identity],
-        release_keys_secret=cluster.release_keys_secret if stage in SIGNING_STAGES else None,
-    )
+    return TaskSecrets(s3_secret=cluster.s3_secret if TASK_S3_IDENTITY[stage] is S3Identity.pipeline else None)
 
 
 def mount_task_secrets(task: PipelineTask, cluster: ClusterConfig) -> TaskSecrets:
@@ -68,10 +66,6 @@ def mount_task_secrets(task: PipelineTask, cluster: ClusterConfig) -> TaskSecret
     secrets = task_secrets(task.component_spec.name, cluster)
     if secrets.s3_secret:
         kubernetes.use_secret_as_env(task, secret_name=secrets.s3_secret, secret_key_to_env=S3_SECRET_KEYS)
-    if secrets.release_keys_secret:
-        kubernetes.use_secret_as_volume(
-            task, secret_name=secrets.release_keys_secret, mount_path=cluster.release_keys_mount
-        )
     return secrets
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edgeops.errors import EdgeopsError, PromotionError
 from edgeops.files import sha256_bytes
@@ -36,11 +36,20 @@ class Promotion(StageRecord):
     model_name: str
     version: int  # registry version
     channel: str
-    release_version: int
-    model_key: str
+    # "requested" when the release signer publishes it (settings.release.signed_by); then nothing below is known yet.
+    state: Literal["published", "requested"] = "published"
+    release_version: int | None = None
+    model_key: str = ""
     manifest_key: str
     manifest_url: str
-    release: Release
+    release: Release | None = None
+
+    def describe(self) -> str:
+        if self.state == "requested":
+            return (
+                f"{self.model_name} registry version {self.version}: {self.channel} release requested from the signer"
+            )
+        return f"{self.model_name} registry version {self.version} as {self.channel} v{self.release_version}"
 
 
 def build_release(verified: VerifiedModel, model_name: str, channel: str, registry_version: int) -> Release:
@@ -121,7 +130,13 @@ def reconcile(settings: Settings, model_name: str, keyring: Keyring, client: Any
     )
 
 
-def _register(client: Any, model_name: str, verified: VerifiedModel) -> int:
+REQUEST_DIR = "release"  # where a release request keeps the model and its record in the MLflow run
+STATE_TAG = "release_state"  # on a registry version: requested | published | refused
+
+
+def _register(
+    client: Any, model_name: str, verified: VerifiedModel, source: str, tags: dict[str, str] | None = None
+) -> int:
     """Create a registry version: no alias names it until its release is live."""
     from mlflow.exceptions import MlflowException
 
@@ -133,24 +148,20 @@ def _register(client: Any, model_name: str, verified: VerifiedModel) -> int:
         )
     version = client.create_model_version(
         model_name,
-        source=f"runs:/{verified.run_id}/{verified.artifact_path}",
+        source=source,
         run_id=verified.run_id,
-        tags={"sha256": verified.sha256, "dataset_version": verified.dataset_version},
+        tags={"sha256": verified.sha256, "dataset_version": verified.dataset_version, **(tags or {})},
     )
     return int(version.version)
 
 
-def promote(
-    verified_dir: Path,
-    out_dir: Path,
-    settings: Settings,
-    model_name: str | None = None,
-    channel: str | None = None,
-) -> Promotion:
+def checked_release(
+    settings: Settings, verified: VerifiedModel, model_path: Path, model_name: str | None, channel: str | None
+) -> tuple[str, str, bytes]:
+    """The model name, channel and bytes to release, or an error naming what is wrong: before anything is written."""
     channel = check_name("channel", channel or settings.release.channel)
     if channel not in settings.release.channels:
         raise PromotionError(f"unknown channel '{channel}' (channels: {', '.join(settings.release.channels)})")
-    verified = VerifiedModel.load(verified_dir)
     model_name = check_name(
         "model name", model_name or verified.model_name or settings.track(verified.spec.dataset).model_name
     )
@@ -161,24 +172,24 @@ def promote(
             "under it (its devices could not run it); nothing was registered or published"
         )
     check_sha256("verified sha256", verified.sha256)
-    path = verified_dir / verified.file
-    model_bytes = path.read_bytes()
+    model_bytes = model_path.read_bytes()
     if sha256_bytes(model_bytes) != verified.sha256:
-        raise PromotionError(f"{path} does not match the verified sha256 {verified.sha256}; refusing to publish")
-    keyring = Keyring.load(settings.release)
-    bucket = settings.ota_bucket
+        raise PromotionError(f"{model_path} does not match the verified sha256 {verified.sha256}; refusing to publish")
+    return model_name, channel, model_bytes
 
-    client = tracking.client(settings)
-    try:
-        reconcile(settings, model_name, keyring, client)  # repair what a crashed promote left behind
-        version = _register(client, model_name, verified)
-    except EdgeopsError:
-        raise
-    except Exception as error:  # MLflow raises several types; all mean the same here
-        raise PromotionError(
-            f"registering {model_name} in MLflow at {settings.tracking_uri} failed ({type(error).__name__}: {error}); "
-            "nothing was published, the previous release stays live"
-        ) from None
+
+def publish_registered(
+    settings: Settings,
+    keyring: Keyring,
+    client: Any,
+    verified: VerifiedModel,
+    model_bytes: bytes,
+    model_name: str,
+    channel: str,
+    version: int,
+) -> Release:
+    """Publish registry version `version` as a signed release, then let the alias follow what is live."""
+    bucket = settings.ota_bucket
     after_commit: PromotionError | None = None
     try:
         release = publish(
@@ -215,6 +226,36 @@ def promote(
                 "ota_manifest": f"s3://{bucket}/{manifest_key(model_name)}",
             }
         )
+    return release
+
+
+def promote(
+    verified_dir: Path,
+    out_dir: Path,
+    settings: Settings,
+    model_name: str | None = None,
+    channel: str | None = None,
+) -> Promotion:
+    verified = VerifiedModel.load(verified_dir)
+    model_name, channel, model_bytes = checked_release(
+        settings, verified, verified_dir / verified.file, model_name, channel
+    )
+    if settings.release.signed_by == "signer":
+        return _request(settings, verified_dir, verified, out_dir, model_name, channel)
+    keyring = Keyring.load(settings.release)
+    client = tracking.client(settings)
+    try:
+        reconcile(settings, model_name, keyring, client)  # repair what a crashed promote left behind
+        source = f"runs:/{verified.run_id}/{verified.artifact_path}"
+        version = _register(client, model_name, verified, source)
+    except EdgeopsError:
+        raise
+    except Exception as error:  # MLflow raises several types; all mean the same here
+        raise PromotionError(
+            f"registering {model_name} in MLflow at {settings.tracking_uri} failed ({type(error).__name__}: {error}); "
+            "nothing was published, the previous release stays live"
+        ) from None
+    release = publish_registered(settings, keyring, client, verified, model_bytes, model_name, channel, version)
     promotion = Promotion(
         model_name=model_name,
         version=version,
@@ -224,6 +265,38 @@ def promote(
         manifest_key=manifest_key(model_name),
         manifest_url=settings.ota_url(manifest_key(model_name)),
         release=release,
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    promotion.save(out_dir)
+    return promotion
+
+
+def _request(
+    settings: Settings, verified_dir: Path, verified: VerifiedModel, out_dir: Path, model_name: str, channel: str
+) -> Promotion:
+    """Leave the release to the signer: the model and its record in the run, a registry version marked requested."""
+    import mlflow
+
+    try:
+        with tracking.resume_run(settings, verified.run_id):
+            mlflow.log_artifact(str(verified_dir / verified.file), REQUEST_DIR)
+            mlflow.log_artifact(str(verified_dir / verified.record_file), REQUEST_DIR)
+        client = tracking.client(settings)
+        source = f"runs:/{verified.run_id}/{REQUEST_DIR}/{verified.file}"
+        tags = {STATE_TAG: "requested", "release_channel": channel}
+        version = _register(client, model_name, verified, source, tags)
+    except Exception as error:  # MLflow raises several types; all mean the same here
+        raise PromotionError(
+            f"requesting a release of {model_name} in MLflow at {settings.tracking_uri} failed "
+            f"({type(error).__name__}: {error}); nothing was requested"
+        ) from None
+    promotion = Promotion(
+        model_name=model_name,
+        version=version,
+        channel=channel,
+        state="requested",
+        manifest_key=manifest_key(model_name),
+        manifest_url=settings.ota_url(manifest_key(model_name)),
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     promotion.save(out_dir)

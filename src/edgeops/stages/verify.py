@@ -149,10 +149,20 @@ def evaluate_gates(
     ]
     if gates.max_int8_bytes_per_param:
         checks.append(("max_int8_bytes_per_param", size_bytes / exported.parameters, gates.max_int8_bytes_per_param))
-    return [
-        Gate(name=name, value=value, limit=limit, passed=value >= limit if name.startswith("min") else value <= limit)
-        for name, value, limit in checks
-    ]
+    return [Gate(name=n, value=value, limit=limit, passed=passes(n, value, limit)) for n, value, limit in checks]
+
+
+def passes(gate: str, value: float, limit: float) -> bool:
+    """`min_*` gates are lower bounds, `max_*` upper bounds."""
+    return value >= limit if gate.startswith("min") else value <= limit
+
+
+def gate_limits(gates: GateConfig) -> dict[str, float]:
+    """Every gate verify checks, with its limit (bytes per parameter only when set)."""
+    limits = {name: float(limit) for name, limit in gates.model_dump().items()}
+    if not gates.max_int8_bytes_per_param:
+        del limits["max_int8_bytes_per_param"]
+    return limits
 
 
 def choose(
