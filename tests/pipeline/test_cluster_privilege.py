@@ -50,31 +50,22 @@ def tool(name: str, *candidates: Path) -> str:
     pytest.skip(f"{name} not installed (`make tools`)")
 
 
-def kustomize(directory: Path) -> list[dict[str, Any]]:
-    kubectl = tool("kubectl", Path(sys.executable).parent / "kubectl")
-    done = subprocess.run(
-        [kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(directory)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+def rendered(command: list[str]) -> list[dict[str, Any]]:
+    """The Kubernetes objects a rendering command (kustomize, helm template) prints."""
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     return [document for document in yaml.safe_load_all(done.stdout) if document]
+
+
+def kustomize(directory: Path) -> list[dict[str, Any]]:
+    kubectl = tool("kubectl", Path(sys.executable).parent / "kubectl")
+    return rendered([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(directory)])
 
 
 def helm_template(*values: Path) -> list[dict[str, Any]]:
     helm = os.environ.get("HELM") or tool("helm", REPO / ".tools" / "bin" / "helm")
     extra = [argument for path in values for argument in ("--values", str(path))]
-    done = subprocess.run(
-        [helm, "template", "edgeops", str(REPO / "helm" / "edgeops"), "--namespace", "edgeops", *extra],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
-    return [document for document in yaml.safe_load_all(done.stdout) if document]
+    return rendered([helm, "template", "edgeops", str(REPO / "helm" / "edgeops"), "--namespace", "edgeops", *extra])
 
 
 def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:

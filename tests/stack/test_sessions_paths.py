@@ -60,25 +60,30 @@ def unique(prefix: str = "day") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def refused_everywhere(settings: Settings, uri: str, expected: str, tmp_path: Path) -> None:
+    """Ingest, fetch_session and `edgeops ingest` all refuse `uri` with exactly `expected`; nothing is written."""
+    before = objects(settings)
+    out, fetched = tmp_path / "out", tmp_path / "fetched"
+    with pytest.raises(InputError) as error:
+        ingest(Dataset.mat, out, settings, uri)
+    assert error.value.problems == [expected]
+    with pytest.raises(InputError) as error:
+        fetch_session(uri, fetched, s3_client(settings))
+    assert error.value.problems == [expected]
+    done = cli_ingest(uri, out)
+    assert done.returncode == 1
+    assert expected in done.stderr and "Traceback" not in done.stderr
+    assert objects(settings) == before
+    assert not out.exists() and not fetched.exists()
+
+
 @pytest.mark.parametrize("uri", BAD_URIS)
 def test_a_manifest_key_that_is_not_a_plain_relative_path_is_refused(
     stack_settings: Settings, uri: str, tmp_path: Path
 ) -> None:
     key = BAD_URIS[uri]
     expected = f"{uri}: key {key!r} must be a relative path without empty, '.' or '..' parts"
-    before = objects(stack_settings)
-    out, fetched = tmp_path / "out", tmp_path / "fetched"
-    with pytest.raises(InputError) as error:
-        ingest(Dataset.mat, out, stack_settings, uri)
-    assert error.value.problems == [expected]
-    with pytest.raises(InputError) as error:
-        fetch_session(uri, fetched, s3_client(stack_settings))
-    assert error.value.problems == [expected]
-    done = cli_ingest(uri, out)
-    assert done.returncode == 1
-    assert expected in done.stderr and "Traceback" not in done.stderr
-    assert objects(stack_settings) == before
-    assert not out.exists() and not fetched.exists()
+    refused_everywhere(stack_settings, uri, expected, tmp_path)
 
 
 @pytest.mark.parametrize("entry", BAD_ENTRIES)
@@ -95,19 +100,7 @@ def test_a_manifest_in_s3_listing_a_recording_outside_its_directory_is_refused(
         s3.put_object(Bucket=bucket, Key=target, Body=(MAT_DATA / "occupied.csv").read_bytes())
     uri = f"s3://{bucket}/sessions/{name}/session.json"
     expected = f"{uri}: recording {entry!r} must be a path relative to the manifest, inside its directory"
-    before = objects(stack_settings)
-    out, fetched = tmp_path / "out", tmp_path / "fetched"
-    with pytest.raises(InputError) as error:
-        ingest(Dataset.mat, out, stack_settings, uri)
-    assert error.value.problems == [expected]
-    with pytest.raises(InputError) as error:
-        fetch_session(uri, fetched, s3)
-    assert error.value.problems == [expected]
-    done = cli_ingest(uri, out)
-    assert done.returncode == 1
-    assert expected in done.stderr and "Traceback" not in done.stderr
-    assert objects(stack_settings) == before
-    assert not out.exists() and not fetched.exists()
+    refused_everywhere(stack_settings, uri, expected, tmp_path)
 
 
 @pytest.mark.parametrize("entry", [*BAD_ENTRIES, str(MAT_DATA / "occupied.csv"), "link.csv"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from mlflow.exceptions import MlflowException
@@ -15,7 +16,7 @@ from edgeops.ota.keys import Keyring
 from edgeops.ota.publisher import read_state
 from edgeops.settings import Settings
 from edgeops.stack.s3 import s3_client
-from edgeops.stages.promote import STATE_TAG, promote
+from edgeops.stages.promote import STATE_TAG, Promotion, promote
 from edgeops.stages.signer import sign_requests
 from tests.conftest import on_track
 from tests.support.releases import tiny_model, unique_model_name
@@ -26,6 +27,13 @@ def pipeline_side(settings: Settings, tmp_path: Path) -> Settings:
     """What a pipeline task on the cluster has: MLflow, the signer mode, and no keys at all."""
     release = settings.release.model_copy(update={"signed_by": "signer", "keys_dir": tmp_path / "no-keys-here"})
     return settings.model_copy(update={"release": release})
+
+
+def request_release(settings: Settings, tmp_path: Path, **changes: Any) -> tuple[str, Promotion]:
+    """Promote, as a pipeline task on the cluster does, a tiny verified model under a fresh name."""
+    name = unique_model_name("signer")
+    verified = verified_dir(settings, tmp_path / "verified", name, **changes)
+    return name, promote(verified, tmp_path / "out", pipeline_side(settings, tmp_path))
 
 
 def alias_of(settings: Settings, name: str) -> int | None:
@@ -42,12 +50,7 @@ def tags_of(settings: Settings, name: str, version: int) -> dict[str, str]:
 
 
 def test_a_requested_release_is_published_only_by_the_signer(stack_settings: Settings, tmp_path: Path) -> None:
-    name = unique_model_name("signer")
-    requested = promote(
-        verified_dir(stack_settings, tmp_path / "verified", name),
-        tmp_path / "out",
-        pipeline_side(stack_settings, tmp_path),
-    )
+    name, requested = request_release(stack_settings, tmp_path)
     assert requested.state == "requested" and requested.release is None
     assert tags_of(stack_settings, name, requested.version)[STATE_TAG] == "requested"
     keyring = Keyring.load(stack_settings.release)
@@ -68,12 +71,7 @@ def test_a_requested_release_is_published_only_by_the_signer(stack_settings: Set
 
 
 def test_the_signer_refuses_a_request_its_own_gates_reject(stack_settings: Settings, tmp_path: Path) -> None:
-    name = unique_model_name("signer")
-    requested = promote(
-        verified_dir(stack_settings, tmp_path / "verified", name),
-        tmp_path / "out",
-        pipeline_side(stack_settings, tmp_path),
-    )
+    name, requested = request_release(stack_settings, tmp_path)
     # The pipeline's gates let 0.98 through; the signer's own demand more.
     strict = on_track(stack_settings, gates=stack_settings.mat.gates.model_copy(update={"min_int8_accuracy": 0.99}))
     keyring = Keyring.load(stack_settings.release)
@@ -97,10 +95,8 @@ def test_the_signer_refuses_a_request_its_own_gates_reject(stack_settings: Setti
 def test_the_signer_refuses_a_request_whose_evidence_does_not_hold(
     stack_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tamper: str, message: str
 ) -> None:
-    name = unique_model_name("signer")
     changes = {"reference_output": [[100.0, -100.0]]} if tamper == "reference output" else {}
-    verified = verified_dir(stack_settings, tmp_path / "verified", name, **changes)
-    requested = promote(verified, tmp_path / "out", pipeline_side(stack_settings, tmp_path))
+    name, requested = request_release(stack_settings, tmp_path, **changes)
     if tamper == "registry sha256":
         MlflowClient(stack_settings.tracking_uri).set_model_version_tag(
             name, str(requested.version), "sha256", "0" * 64

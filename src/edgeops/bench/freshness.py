@@ -1,9 +1,9 @@
 """Do releases stay trustworthy for years? A stretch of operation replayed on a fake clock.
 
-Real parts: the publisher signs into the local S3 server and python-tuf's ngclient
-verifies over HTTP, exactly as `edgeops agent` does. Only the clock is simulated: every
-signing call gets the simulated time, and each device poll checks expiry against it
-(ngclient's reference time). Each step an operator's schedule runs the heartbeat for
+Real parts: the publisher signs into the local S3 server and each device polls with
+the agent's own TUF code (`device.updater`, python-tuf's ngclient over HTTP). Only the
+clock is simulated: every signing call gets the simulated time, and each poll judges
+expiry at it. Each step an operator's schedule runs the heartbeat for
 every model; when `release status` warns that a root is running out, the operator
 rotates it (a new root key and a new timestamp key); now and then a new release goes
 out. Devices poll every step and must follow all of it without one failure.
@@ -11,6 +11,7 @@ out. Devices poll every step and must follow all of it without one failure.
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import uuid
@@ -21,14 +22,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from tuf.api import exceptions as tuf_errors
-from tuf.api.metadata import Metadata, Targets
-from tuf.ngclient import Updater, UpdaterConfig
+from tuf.api.metadata import Metadata
 
+from edgeops.device.state import DeviceState
+from edgeops.device.updater import MeteredFetcher, ReleaseUpdater
 from edgeops.files import sha256_bytes
 from edgeops.ota.keys import Keyring, init_keys, rotate_root, utc_now
 from edgeops.ota.publisher import heartbeat, publish, repository_status
-from edgeops.ota.release import METADATA, Release, model_key, model_target
-from edgeops.settings import Settings
+from edgeops.ota.release import Release, model_key, model_target
+from edgeops.settings import Dataset, Settings
 from edgeops.stack.s3 import s3_client
 
 
@@ -51,43 +53,27 @@ class FreshnessReport:
 
 
 class SimulatedDevice:
-    """A device's TUF client for one model, polling at the simulated time."""
+    """A device's TUF side for one model (`device.updater`, as `edgeops agent` polls), at the simulated time."""
 
-    def __init__(self, settings: Settings, model_name: str, trusted_root: bytes, state_dir: Path) -> None:
-        self.settings, self.model_name, self.state_dir = settings, model_name, state_dir
-        state_dir.mkdir(parents=True)
-        self.provisioned_root = trusted_root
+    def __init__(self, settings: Settings, model_name: str, trusted_root: Path, state_dir: Path) -> None:
+        self.settings, self.model_name = settings, model_name
+        repository = settings.ota_url(f"{model_name}/")
+        state = DeviceState(state_dir, model_name, Dataset.mat, settings.release.channel, repository)
+        self.updater = ReleaseUpdater(state, repository, trusted_root, model_name, settings.release.channel)
         self.version = 0
 
     def poll(self, now: datetime) -> int:
-        cached = self.state_dir / "root.json"
-        updater = Updater(
-            metadata_dir=str(self.state_dir),
-            metadata_base_url=self.settings.ota_url(f"{self.model_name}/{METADATA}/"),
-            target_base_url=self.settings.ota_url(f"{self.model_name}/"),
-            target_dir=str(self.state_dir),
-            config=UpdaterConfig(prefix_targets_with_hash=False),
-            bootstrap=cached.read_bytes() if cached.exists() else self.provisioned_root,
-        )
-        updater._trusted_set.reference_time = now  # the fake clock: the only thing simulated
-        updater.refresh()
-        targets = Metadata[Targets].from_bytes((self.state_dir / "targets.json").read_bytes()).signed
-        channel = self.settings.release.channel
-        newest = max(
-            (int(t.custom["version"]), path)
-            for path, t in targets.targets.items()
-            if path.startswith("releases/") and t.custom.get("channel") == channel
-        )
-        info = updater.get_targetinfo(newest[1])
-        if info is None:
-            raise tuf_errors.RepositoryError(f"{newest[1]} is not signed")
-        updater.download_target(info, str(self.state_dir / "release.json"))  # verifies length and hash
-        self.version = newest[0]
+        """Verify the metadata at `now`, then fetch and check the newest release's descriptor."""
+        config = self.settings.agent
+        fetcher = MeteredFetcher(config.socket_timeout_s, time.monotonic() + config.cycle_deadline_s)
+        updater, newest = self.updater.refresh(fetcher, reference_time=now)
+        self.version = self.updater.fetch_release(updater, newest.target, newest.version).version
         return self.version
 
     @property
     def root_version(self) -> int:
-        return int(Metadata.from_bytes((self.state_dir / "root.json").read_bytes()).signed.version)
+        root = self.updater.state.metadata_dir / "root.json"
+        return int(Metadata.from_bytes(root.read_bytes()).signed.version)
 
 
 def _release(model_name: str, serial: int, now: datetime) -> tuple[Release, bytes]:
@@ -116,7 +102,7 @@ def _poll(device: SimulatedDevice, now: datetime, day: float, report: FreshnessR
         device.poll(now)
     except Exception as error:  # every kind counts as a failed poll
         report.failed_polls += 1
-        report.expiry_failures += isinstance(error, tuf_errors.ExpiredMetadataError)
+        report.expiry_failures += isinstance(error.__cause__ or error, tuf_errors.ExpiredMetadataError)
         if len(report.failures) < 10:
             report.failures.append(f"day {day:.2f} {device.model_name}: {type(error).__name__}: {error}")
 
@@ -140,7 +126,8 @@ def simulate(
     config = settings.release
     with tempfile.TemporaryDirectory(dir=work_dir) as scratch:
         keys_dir, root_key_dir = Path(scratch) / "keys", Path(scratch) / "root-key"
-        trusted_root = init_keys(config, keys_dir, root_key_dir).read_bytes()
+        trusted_root = Path(scratch) / "provisioned-root.json"  # what devices ship with: root v1, for good
+        shutil.copy(init_keys(config, keys_dir, root_key_dir), trusted_root)
         keyring = Keyring.load(config, keys_dir)
         s3, bucket = s3_client(settings), settings.ota_bucket
         run = uuid.uuid4().hex[:8]

@@ -145,9 +145,15 @@ class ReleaseUpdater:
         self.model_name = model_name
         self.channel = channel
 
-    def refresh(self, fetcher: MeteredFetcher) -> tuple[Updater, NewestRelease]:
-        """Verified top-level metadata, then the newest release of our channel."""
+    def refresh(self, fetcher: MeteredFetcher, reference_time: datetime | None = None) -> tuple[Updater, NewestRelease]:
+        """Verified top-level metadata, then the newest release of our channel.
+
+        `reference_time` judges expiry at another time than now: `edgeops bench-freshness` replays years
+        on a fake clock through this very code (python-tuf has no public knob for it).
+        """
         updater = self._updater(fetcher)
+        if reference_time is not None:
+            updater._trusted_set.reference_time = reference_time
         try:
             updater.refresh()
         except tuf_errors.ExpiredMetadataError as error:

@@ -137,13 +137,12 @@ class Keyring:
     def root(self) -> Metadata[Root]:
         return self.roots[-1]
 
-    @property
-    def root_bytes(self) -> bytes:
-        return self.root_file(self.root.signed.version)
+    def root_at(self, version: int) -> Metadata[Root]:
+        return self.roots[version - self.roots[0].signed.version]
 
     def root_file(self, version: int) -> bytes:
         """The bytes of root `version` as devices fetch it (`N.root.json`)."""
-        return self.roots[version - self.roots[0].signed.version].to_bytes(JSONSerializer(compact=False))
+        return self.root_at(version).to_bytes(JSONSerializer(compact=False))
 
     @classmethod
     def public(cls, config: ReleaseConfig, keys_dir: Path | None = None) -> Keyring:

@@ -78,8 +78,12 @@ class RepositoryState:
         return sorted(found)
 
     def role(self, name: str) -> Metadata[Any]:
-        roles: dict[str, Metadata[Any]] = {"targets": self.targets, "snapshot": self.snapshot}
-        return roles.get(name, self.timestamp)
+        roles: dict[str, Metadata[Any]] = {
+            "targets": self.targets,
+            "snapshot": self.snapshot,
+            "timestamp": self.timestamp,
+        }
+        return roles[name]
 
 
 def _verify(keyring: Keyring, role: str, metadata: Metadata[Any]) -> bool:
@@ -139,7 +143,7 @@ def published_models(s3: S3Client, bucket: str, keyring: Keyring) -> tuple[list[
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Delimiter="/"):
         for common in page.get("CommonPrefixes", []):
             name = common["Prefix"].rstrip("/")
-            root = get_if_present(s3, bucket, f"{metadata_prefix(name)}{first}.root.json")
+            root = get_if_present(s3, bucket, _root_key(name, first))
             if root is None:
                 continue
             (ours if root[0] == keyring.root_file(first) else foreign).append(name)
@@ -159,20 +163,27 @@ def _put_versioned(s3: S3Client, bucket: str, prefix: str, role: str, metadata: 
     raise ReleaseError(f"no free version for {role} metadata under s3://{bucket}/{prefix}")
 
 
+def _root_key(model_name: str, version: int) -> str:
+    return f"{metadata_prefix(model_name)}{version}.root.json"
+
+
+def _foreign_root(bucket: str, key: str) -> SigningKeyError:
+    return SigningKeyError(
+        f"s3://{bucket}/{key} holds a different root than the keys in use; "
+        "publish with the keys that created this repository"
+    )
+
+
 def published_root_version(s3: S3Client, bucket: str, model_name: str, keyring: Keyring) -> int:
     """The newest of our roots the model's repository holds (0: none), refusing a root we did not sign."""
     newest = 0
     for root in keyring.roots:
         version = root.signed.version
-        key = f"{metadata_prefix(model_name)}{version}.root.json"
-        existing = get_if_present(s3, bucket, key)
+        existing = get_if_present(s3, bucket, _root_key(model_name, version))
         if existing is None:
             continue
         if existing[0] != keyring.root_file(version):
-            raise SigningKeyError(
-                f"s3://{bucket}/{key} holds a different root than the keys in use; "
-                "publish with the keys that created this repository"
-            )
+            raise _foreign_root(bucket, _root_key(model_name, version))
         newest = version
     return newest
 
@@ -180,16 +191,11 @@ def published_root_version(s3: S3Client, bucket: str, model_name: str, keyring: 
 def _publish_roots(s3: S3Client, bucket: str, model_name: str, keyring: Keyring) -> None:
     """Every root in the chain, so a device provisioned with any of them can walk to the newest."""
     for root in keyring.roots:
-        version = root.signed.version
-        key = f"{metadata_prefix(model_name)}{version}.root.json"
-        body = keyring.root_file(version)
+        key, body = _root_key(model_name, root.signed.version), keyring.root_file(root.signed.version)
         if not put_if_absent(s3, bucket, key, body, "application/json", cache_control=IMMUTABLE):
             existing = get_if_present(s3, bucket, key)
             if existing is None or existing[0] != body:
-                raise SigningKeyError(
-                    f"s3://{bucket}/{key} holds a different root than the keys in use; "
-                    "publish with the keys that created this repository"
-                )
+                raise _foreign_root(bucket, key)
 
 
 def _upload_target(s3: S3Client, bucket: str, key: str, body: bytes, content_type: str) -> None:
@@ -289,8 +295,7 @@ def _commit(
         targets.signed.version = targets.signed.version + 1 if state else 1
         targets.signed.expires = expiry(config.targets_expiry_s, now)
         _put_versioned(s3, bucket, meta_prefix, "targets", targets, keyring.signers["targets"])
-        resign = resign | {"snapshot"}
-    if "snapshot" in resign or state is None:
+    if "snapshot" in resign or state is None:  # new targets always come with a new snapshot (callers include it)
         snapshot.signed.version = snapshot.signed.version + 1 if state else 1
         snapshot.signed.expires = expiry(config.snapshot_expiry_s, now)
         snapshot.signed.meta["targets.json"] = MetaFile(version=targets.signed.version)
@@ -368,8 +373,10 @@ def repair_latest(s3: S3Client, bucket: str, model_name: str, state: RepositoryS
         body = latest_manifest(read_release(s3, bucket, model_name, path), path)
         if sha256_bytes(body) == signed.hashes["sha256"]:
             if_match = current[1] if current else None
-            put_conditionally(s3, bucket, key, body, "application/json", if_match=if_match, cache_control=MUTABLE)
-            return True
+            written = put_conditionally(
+                s3, bucket, key, body, "application/json", if_match=if_match, cache_control=MUTABLE
+            )
+            return written is not None  # None: someone wrote it meanwhile; the next reconcile looks again
     raise ReleaseError(f"no signed {channel} release of {model_name} produces the signed {LATEST}")
 
 
@@ -386,12 +393,13 @@ def remaining_s(metadata: Metadata[Any], now: datetime) -> float:
 
 
 def due_roles(state: RepositoryState, config: ReleaseConfig, now: datetime) -> set[str]:
-    """Roles to re-sign now: signed by a retired key, or with less than `renew_remaining` of their life left."""
+    """Roles to re-sign now: signed by a retired key, or with less than `renew_remaining` of their life left.
+    New targets need a new snapshot to list them, so targets bring the snapshot along."""
     due = set(state.stale_keys)
     for role in ("targets", "snapshot"):
         if remaining_s(state.role(role), now) < config.renew_remaining * lifetime_s(config, role):
             due.add(role)
-    return due
+    return due | {"snapshot"} if "targets" in due else due
 
 
 @dataclass
@@ -415,8 +423,6 @@ def heartbeat(
     if state is None:
         raise ReleaseError(f"{model_name} has no signed releases in s3://{bucket}/")
     due = due_roles(state, config, now)
-    if "targets" in due:
-        due.add("snapshot")
     timestamp = _commit(s3, bucket, model_name, keyring, config, state, state.targets, resign=due, now=now)
     resigned = [role for role in SIGNED_ROLES if role in due or role == "timestamp"]
     return Renewal(model_name=model_name, resigned=resigned, timestamp=timestamp.signed)
@@ -444,7 +450,7 @@ def repository_status(
         raise ReleaseError(f"{model_name} has no signed releases in s3://{bucket}/")
     rows = []
     root_version = published_root_version(s3, bucket, model_name, keyring)
-    root = keyring.roots[root_version - keyring.roots[0].signed.version] if root_version else keyring.root
+    root = keyring.root_at(root_version) if root_version else keyring.root
     left = remaining_s(root, now)
     if left <= 0:
         level, advice = "expired", "devices refuse every update: run `edgeops keys rotate-root`, then a heartbeat"
@@ -471,6 +477,14 @@ def repository_status(
             level, advice = "ok", ""
         rows.append(RoleStatus(model_name, role, metadata.signed.version, metadata.signed.expires, left, level, advice))
     return rows
+
+
+def newest_release(
+    s3: S3Client, bucket: str, model_name: str, state: RepositoryState | None, channel: str
+) -> Release | None:
+    """The live release of `channel` (its newest), or None when the channel has none."""
+    releases = state.releases(channel) if state else []
+    return read_release(s3, bucket, model_name, releases[-1][1]) if releases else None
 
 
 def read_release(s3: S3Client, bucket: str, model_name: str, path: str) -> Release:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 from edgeops.errors import EdgeopsError, PromotionError
 from edgeops.files import sha256_bytes
 from edgeops.ota.keys import Keyring
-from edgeops.ota.publisher import LatestManifestError, ReleaseError, publish, read_release, read_state, repair_latest
+from edgeops.ota.publisher import LatestManifestError, ReleaseError, newest_release, publish, read_state, repair_latest
 from edgeops.ota.release import Release, manifest_key, model_key, model_target
 from edgeops.records import StageRecord
 from edgeops.settings import Settings, check_name, check_sha256
@@ -106,8 +106,7 @@ def reconcile(settings: Settings, model_name: str, keyring: Keyring, client: Any
     check_name("model name", model_name)
     s3, bucket, channel = s3_client(settings), settings.ota_bucket, settings.release.channel
     state = read_state(s3, bucket, model_name, keyring)
-    releases = state.releases(channel) if state else []
-    live = read_release(s3, bucket, model_name, releases[-1][1]) if releases else None
+    live = newest_release(s3, bucket, model_name, state, channel)
     latest_rewritten = repair_latest(s3, bucket, model_name, state, channel) if state else False
     client = client or tracking.client(settings)
     alias = settings.registry_alias
@@ -117,7 +116,7 @@ def reconcile(settings: Settings, model_name: str, keyring: Keyring, client: Any
     if wanted is not None and before != wanted:
         client.set_registered_model_alias(model_name, alias, str(wanted))
         moved = True
-    elif wanted is None and before is not None and live is None:
+    elif live is None and before is not None:
         client.delete_registered_model_alias(model_name, alias)  # nothing is live: nothing is in production
         moved = True
     return Reconciled(

@@ -22,7 +22,7 @@ from typing import Any
 
 from edgeops.errors import EdgeopsError
 from edgeops.ota.keys import Keyring
-from edgeops.ota.publisher import read_release, read_state
+from edgeops.ota.publisher import newest_release, read_state
 from edgeops.runtime import reproduction_error
 from edgeops.settings import Settings
 from edgeops.stack import tracking
@@ -91,11 +91,8 @@ def _already_live(settings: Settings, keyring: Keyring, model_name: str, channel
     """The release version serving registry `version` as the newest of `channel`, if a retry finds it live."""
     s3 = s3_client(settings)
     state = read_state(s3, settings.ota_bucket, model_name, keyring)
-    releases = state.releases(channel) if state else []
-    if not releases:
-        return None
-    newest = read_release(s3, settings.ota_bucket, model_name, releases[-1][1])
-    return newest.version if newest.registry_version == version else None
+    live = newest_release(s3, settings.ota_bucket, model_name, state, channel)
+    return live.version if live is not None and live.registry_version == version else None
 
 
 def sign_request(settings: Settings, keyring: Keyring, client: Any, version: Any) -> SignedRequest:
