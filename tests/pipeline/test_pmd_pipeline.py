@@ -27,6 +27,7 @@ from edgeops.settings import Dataset, PostureTrainConfig, Settings, Strategy
 from edgeops.stack import tracking
 from edgeops.stages.benchmark import predict_all
 from edgeops.stages.ingest import ingest
+from edgeops.stages.verify import PATH_METRIC
 from tests.conftest import PMD_DATA
 
 MODEL = "pmd-posture-test"
@@ -88,13 +89,23 @@ def test_pmd_track_runs_through_the_compiled_pipeline(small_pmd: Settings, tmp_p
     assert card.startswith(f"# {MODEL}\n")
     assert params["train.architecture"] == "mobilenet_v2" and params["train.epochs"] == "1"
     assert tags["dataset"] == "pmd" and tags["int8_sha256"] == manifest["sha256"]
+    qat = "QAT (PT2E fake quantization), symmetric int8, per-tensor weights"
     assert manifest["quantization"] in {
         "PTQ, per-tensor weights, symmetric int8",
         "PTQ, per-channel weights, symmetric int8",
-        "QAT (PT2E fake quantization), symmetric int8, per-tensor weights",
+        qat,
+        "pruned to 75% of hidden channels, fine-tuned; " + qat,
     }
-    for strategy in ("ptq_per_tensor", "ptq_per_channel", "qat"):
+    for strategy in ("ptq_per_tensor", "ptq_per_channel", "qat", "pruned_qat"):
         assert f"int8_{strategy}_accuracy" in metrics
+        assert f"int8_{strategy}_fake_quant_accuracy" in metrics
+        assert f"int8_{strategy}_accuracy_path_aarch64_cortex_a76_qemu" in metrics  # measured as phones compute
+    # The pruned network is smaller, and judged (bytes per parameter) by its own parameter count.
+    assert metrics["pruned_qat_size_bytes"] < metrics["qat_size_bytes"]
+    # The release carries the promoted program's accuracy on every kernel path measured, aarch64 among them.
+    on_paths = {key: value for key, value in manifest["metrics"].items() if key.startswith(PATH_METRIC)}
+    assert PATH_METRIC + "aarch64_cortex_a76_qemu" in on_paths and len(on_paths) >= 2
+    assert manifest["metrics"]["int8_accuracy_worst_path"] == min(on_paths.values())
     assert metrics["fp32_size_bytes"] / metrics["int8_size_bytes"] >= 2
     # QAT folds batch norm into the convolutions; the dead batch-norm tensors must not ship.
     assert metrics["qat_size_bytes"] <= metrics["ptq_per_tensor_size_bytes"] * 1.01

@@ -26,12 +26,12 @@ from edgeops.runtime import Program
 from edgeops.settings import BenchmarkConfig, Dataset, GateConfig, MatTrainConfig, Settings
 from edgeops.stack import tracking
 from edgeops.stack.s3 import get_if_present, s3_client
-from edgeops.stages.benchmark import BenchmarkReport, benchmark
+from edgeops.stages.benchmark import BenchmarkReport, benchmark, slug
 from edgeops.stages.export import ExportedModels, export
 from edgeops.stages.ingest import ingest
 from edgeops.stages.promote import promote
 from edgeops.stages.train import TrainedModel, load_model, train
-from edgeops.stages.verify import MODEL_FILE, VerifiedModel, choose, verify
+from edgeops.stages.verify import MODEL_FILE, PATH_METRIC, VerifiedModel, choose, verify
 from tests.conftest import MAT_DATA, free_ports, on_track
 
 MODEL = "mat-occupancy-stage-tests"
@@ -144,6 +144,31 @@ def test_benchmark_is_consistent_and_logged(chain: Chain) -> None:
     assert (chain.dirs["benchmark"] / "report.md").read_text().startswith("# Benchmark")
 
 
+def test_benchmark_measures_every_candidate_on_every_kernel_path(chain: Chain) -> None:
+    """Natively and under emulation (aarch64 always: `make kernel-paths` installs its runtime); a path that
+    cannot run here is named with the reason, and the release carries every measured path's figure."""
+    report, config = chain.report, chain.settings.kernel_paths
+    paths = report.kernel_paths
+    assert next(iter(paths)) == report.native_path and not paths[report.native_path].emulated
+    assert any(path.emulated and name.startswith("aarch64") for name, path in paths.items()), report.skipped_paths
+    assert len(paths) + len(report.skipped_paths) == 1 + len(config.emulated)
+    keys = {f"int8_{strategy}" for strategy in chain.exported.candidates}
+    for name, path in paths.items():
+        assert set(path.candidates) == keys, name
+        if path.emulated:
+            assert path.samples == min(config.samples, report.test_samples) and path.seconds > 0
+    # Integer kernels differ at most in requantization rounding: near-ties only, never a broken program.
+    for path in paths.values():
+        assert all(m.disagreements <= 0.01 * path.samples for m in path.candidates.values()), path
+    for key in keys:
+        graph = report.fake_quant[key]
+        assert abs(graph.accuracy - report.results[key].accuracy) <= graph.disagreements / report.test_samples
+    metrics = chain.verified.metrics
+    assert {key for key in metrics if key.startswith(PATH_METRIC)} == {PATH_METRIC + slug(name) for name in paths}
+    assert metrics["int8_accuracy_worst_path"] == min(report.path_accuracy(chain.verified.strategy).values())
+    assert "## INT8 accuracy on each CPU kernel path" in (chain.dirs["benchmark"] / "report.md").read_text()
+
+
 def test_benchmark_records_the_export_and_the_bytes_it_measured(chain: Chain) -> None:
     exported = {"fp32": chain.exported.fp32, **{f"int8_{s}": p for s, p in chain.exported.candidates.items()}}
     recorded = BenchmarkReport.load(chain.dirs["benchmark"])
@@ -173,6 +198,13 @@ def test_verify_promotes_the_smallest_fastest_passing_candidate_and_says_why(cha
     assert tracking.client(chain.settings).get_run(chain.dataset.run_id).data.tags["int8_strategy"] == verified.strategy
 
 
+def set_accuracy(report: BenchmarkReport, strategy: str, accuracy: float) -> None:
+    """The candidate's accuracy, natively and on every kernel path."""
+    report.results[f"int8_{strategy}"].accuracy = accuracy
+    for path in report.kernel_paths.values():
+        path.candidates[f"int8_{strategy}"].estimated_accuracy = accuracy
+
+
 def test_choose_takes_the_smallest_then_the_fastest_and_skips_failures(chain: Chain) -> None:
     """The selection rule on the real records, with sizes, latencies and one accuracy set by hand."""
     exported, report = chain.exported.model_copy(deep=True), chain.report.model_copy(deep=True)
@@ -181,7 +213,7 @@ def test_choose_takes_the_smallest_then_the_fastest_and_skips_failures(chain: Ch
     for strategy in sizes:
         exported.candidates[strategy].size_bytes = sizes[strategy]
         report.results[f"int8_{strategy}"].latency.p50_ms = p50[strategy]
-        report.results[f"int8_{strategy}"].accuracy = report.results["fp32"].accuracy
+        set_accuracy(report, strategy, report.results["fp32"].accuracy)
     lenient = GateConfig(min_int8_accuracy=0.0, max_int8_accuracy_drop=1.0, max_int8_p95_ms=1e9, min_int8_size_ratio=0)
 
     verdicts = {v.strategy: v for v in choose(report, exported, lenient, size_tolerance=0.0)}
@@ -194,11 +226,12 @@ def test_choose_takes_the_smallest_then_the_fastest_and_skips_failures(chain: Ch
     assert verdicts["ptq_per_tensor"].reason == "passed, as small, but slower: p50 0.500 ms vs 0.300 ms"
 
     # Within 2 % QAT is as small and fastest, unless it fails a gate.
-    report.results["int8_qat"].accuracy = 0.5
+    set_accuracy(report, "qat", 0.5)
     strict = lenient.model_copy(update={"min_int8_accuracy": 0.9})
     verdicts = {v.strategy: v for v in choose(report, exported, strict, size_tolerance=0.02)}
     assert [s for s, v in verdicts.items() if v.chosen] == ["ptq_per_channel"]
-    assert verdicts["qat"].reason.startswith("failed min_int8_accuracy: 0.5 (must be >= 0.9)")
+    assert verdicts["qat"].reason.startswith("failed min_int8_accuracy: 0.5 on ")
+    assert "(must be >= 0.9)" in verdicts["qat"].reason
 
 
 def test_verify_names_the_failed_gate_and_the_margin(chain: Chain, tmp_path: Path) -> None:
@@ -208,10 +241,10 @@ def test_verify_names_the_failed_gate_and_the_margin(chain: Chain, tmp_path: Pat
     message = str(error.value)
     assert message.startswith("no INT8 candidate passed the quality gates")
     for strategy, program in chain.exported.candidates.items():
-        accuracy, size = chain.report.results[f"int8_{strategy}"].accuracy, program.size_bytes
+        (path, accuracy), size = chain.report.worst_path(strategy), program.size_bytes
         assert (
-            f"  - {strategy}: failed min_int8_accuracy: {accuracy:.4g} (must be >= 1.5) FAILED by {1.5 - accuracy:.4g}"
-            in message
+            f"  - {strategy}: failed min_int8_accuracy: {accuracy:.4g} on {path} (must be >= 1.5) "
+            f"FAILED by {1.5 - accuracy:.4g}" in message
         )
         assert f"max_int8_size_bytes: {size:.4g} (must be <= 100) FAILED by {size - 100:.4g}" in message
     assert "max_int8_p95_ms" not in message

@@ -202,7 +202,13 @@ def serve(read: Callable[[], str], answer: Callable[[str], None]) -> None:
     # torch) would start an idle thread server; with one BLAS thread it starts none.
     os.environ["OPENBLAS_NUM_THREADS"] = "1"
     # Everything a poll imports, imported once before any fork (the smoke test imports torch lazily).
-    for module in ("torch", "executorch.runtime", "edgeops.runtime", "edgeops.device.agent", "edgeops.cli"):
+    for module in (
+        "torch",
+        "executorch.extension.pybindings._portable_lib",
+        "edgeops.runtime",
+        "edgeops.device.agent",
+        "edgeops.cli",
+    ):
         importlib.import_module(module)
     tasks = len(os.listdir("/proc/self/task"))
     answer(json.dumps({"ready": True, "os_threads": tasks, "python_threads": threading.active_count()}))

@@ -79,7 +79,7 @@ LABELS = {
 RATIO_PAIRS = ((ET_INT8, ORT_INT8_BEST), (ET_INT8, ORT_INT8), (ET_FP32, ORT_FP32))
 ENGINE_MODULES: dict[Kind, tuple[str, ...]] = {
     "eager": (),
-    "executorch": ("executorch.runtime",),
+    "executorch": ("executorch.extension.pybindings._portable_lib",),  # what edgeops.runtime loads
     "onnxruntime": ("onnxruntime",),
 }
 # int8 vs float convolutions, and the Q/DQ and layout changes around float ones

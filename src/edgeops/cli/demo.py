@@ -47,6 +47,10 @@ def demo(
             f"{summary['eager_accuracy']:.4f} / {summary['fp32_accuracy']:.4f} / {summary['int8_accuracy']:.4f}",
         ),
         (
+            "INT8 accuracy per CPU kernel path",
+            ", ".join(f"{path} {value:.4f}" for path, value in summary["int8_accuracy_paths"].items()),
+        ),
+        (
             "latency p50 FP32 / INT8",
             f"{summary['fp32_latency_p50_ms']:.4f} ms / {summary['int8_latency_p50_ms']:.4f} ms"
             f" (p95 INT8 {summary['int8_latency_p95_ms']:.4f} ms)",

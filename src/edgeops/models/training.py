@@ -40,6 +40,9 @@ class Recipe:
     # Train with batch norm on its running statistics (and dropout off): QAT fine-tuning of a converged
     # network, where small augmented batches would otherwise drag the statistics around.
     freeze_norm: bool = False
+    # The same for only the last epochs of a run: the weights settle on the statistics the exported
+    # model will use instead of on each augmented batch's own, which new subjects otherwise pay for.
+    frozen_norm_epochs: int = 0
 
     def params(self) -> dict[str, float | int | str | bool]:
         """The plain settings, for MLflow and the records (not the augmentation function)."""
@@ -110,6 +113,7 @@ def recipe_for(track: MatTrack | PmdTrack, labels: list[str]) -> Recipe:
             train_stride=config.train_stride,
             augment=pressure_map_augmentation(config, labels),
             seed=config.seed,
+            frozen_norm_epochs=config.frozen_norm_epochs,
         )
     return Recipe(
         epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed
@@ -165,7 +169,7 @@ def fit(
     )
     best: tuple[float, int, float, dict[str, torch.Tensor]] | None = None
     for epoch in range(1, recipe.epochs + 1):
-        model.train(not recipe.freeze_norm)
+        model.train(not (recipe.freeze_norm or epoch > recipe.epochs - recipe.frozen_norm_epochs))
         rows = torch.arange((epoch - 1) % stride, len(x_train), stride)
         order = rows[torch.randperm(len(rows), generator=generator)]
         total = 0.0

@@ -25,7 +25,7 @@ from edgeops.runtime import Program
 from edgeops.settings import Dataset, Settings
 from edgeops.stack import supervisor, tracking
 from edgeops.stages.benchmark import predict_all
-from edgeops.stages.verify import CANDIDATES_ARTIFACT
+from edgeops.stages.verify import CANDIDATES_ARTIFACT, PATH_METRIC
 
 # What the simple client's check is worth, shown wherever the demo reports it.
 SIMPLE_CLIENT_TRUST = (
@@ -152,6 +152,12 @@ def run_demo(
         "fp32_accuracy": metrics["fp32_accuracy"],
         "int8_accuracy": metrics["int8_accuracy"],
         "int8_accuracy_drop": metrics["int8_accuracy_drop"],
+        # INT8 accuracy on each CPU kernel path the benchmark reached (the release descriptor carries them).
+        "int8_accuracy_paths": {
+            key.removeprefix(PATH_METRIC): value
+            for key, value in manifest["metrics"].items()
+            if key.startswith(PATH_METRIC)
+        },
         "test_samples": manifest["metrics"]["test_samples"],
         "test_split": settings.track(dataset).held_out,
         "int8_strategy": chosen["strategy"],

@@ -4,10 +4,17 @@
 - `ptq_per_channel`: post-training, one scale per output channel;
 - `qat`: quantization-aware fine-tuning of the trained weights (per-tensor weights unless
   `settings.quantize.qat_per_channel`).
+
+With `settings.quantize.depthwise_per_channel`, the per-tensor strategies still give each depthwise
+convolution one scale per channel: batch norm folded into a depthwise kernel spreads its channels'
+ranges over orders of magnitude, and one scale for all of them rounds the small ones away (the
+classic MobileNet INT8 failure). Depthwise layers hold few weights, so this costs ~3 % of the file.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -29,35 +36,83 @@ STRATEGY_DESCRIPTIONS: dict[Strategy, str] = {
 }
 
 
-def quantizer_for(strategy: Strategy, qat_per_channel: bool = False) -> Quantizer:
+def depthwise_modules(model: torch.nn.Module) -> list[str]:
+    """Names of the modules holding each depthwise convolution with its batch norm and activation
+    (the quantizer's patterns match conv-bn-relu inside one named module)."""
+    names = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels:
+            owner, _, _ = name.rpartition(".")
+            names.append(owner or name)
+    return names
+
+
+def quantizer_for(
+    strategy: Strategy, qat_per_channel: bool = False, per_channel_modules: Iterable[str] = ()
+) -> Quantizer:
+    """XNNPACK's symmetric config; `per_channel_modules` get per-channel weights under a per-tensor strategy.
+
+    Two quantizers split the graph by module, not `set_module_name`: its filter also demands a module for
+    the weight nodes, which have none, so the named layers would be left in float.
+    """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
         get_symmetric_quantization_config,
     )
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
 
-    quantizer = XNNPACKQuantizer()
-    quantizer.set_global(
-        get_symmetric_quantization_config(
-            is_per_channel=strategy == Strategy.ptq_per_channel or (strategy == Strategy.qat and qat_per_channel),
-            is_qat=strategy == Strategy.qat,
-        )
-    )
-    return quantizer
+    is_qat = strategy == Strategy.qat
+    per_channel = strategy == Strategy.ptq_per_channel or (is_qat and qat_per_channel)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(per_channel, is_qat=is_qat))
+    owners = set(per_channel_modules)
+    if per_channel or not owners:
+        return quantizer
+
+    def in_owners(node: torch.fx.Node) -> bool | None:
+        """Whether the node belongs to one of `owners`; None for nodes outside every module (weights)."""
+        stack = node.meta.get("nn_module_stack")
+        return any(path in owners for path, _ in stack.values()) if stack else None
+
+    channelwise = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(True, is_qat=is_qat))
+    channelwise.set_filter_function(lambda node: in_owners(node) is not False)
+    quantizer.set_filter_function(lambda node: in_owners(node) is not True)
+    return ComposableQuantizer([channelwise, quantizer])
+
+
+def export_batched(model: torch.nn.Module, example: torch.Tensor) -> torch.export.ExportedProgram:
+    """`model` exported with a dynamic batch, so calibration, fine-tuning and evaluation run in batches."""
+    batch = torch.export.Dim("batch", min=1, max=1024)
+    pair = dense(example.expand(2, *example.shape[1:]))  # batch 1 would be specialised
+    return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},))
 
 
 def capture(model: torch.nn.Module, example: torch.Tensor) -> torch.nn.Module:
-    """The model as a graph with a dynamic batch, so calibration and fine-tuning run in batches."""
-    batch = torch.export.Dim("batch", min=1, max=1024)
-    pair = dense(example.expand(2, *example.shape[1:]))  # batch 1 would be specialised
-    return torch.export.export(model, (pair,), dynamic_shapes=({0: batch},)).module()
+    return export_batched(model, example).module()
+
+
+def save_reference(quantized: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """Keep the quantized graph (fake quantization in float) that a `.pte` is lowered from, so the benchmark
+    can tell what quantization costs from what the integer kernels add."""
+    torch.export.save(export_batched(quantized, example), path)
+
+
+def load_reference(path: Path) -> torch.nn.Module:
+    import torch.ao.quantization.fx._decomposed  # registers the quantized_decomposed ops the graph calls
+
+    return torch.export.load(path).module()
 
 
 def ptq(
-    model: torch.nn.Module, strategy: Strategy, example: torch.Tensor, calibration: torch.Tensor
+    model: torch.nn.Module,
+    strategy: Strategy,
+    example: torch.Tensor,
+    calibration: torch.Tensor,
+    per_channel_modules: Iterable[str] = (),
 ) -> torch.nn.Module:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    prepared = prepare_pt2e(capture(model.eval(), example), quantizer_for(strategy))
+    quantizer = quantizer_for(strategy, per_channel_modules=per_channel_modules)
+    prepared = prepare_pt2e(capture(model.eval(), example), quantizer)
     with torch.no_grad():
         for start in range(0, len(calibration), CALIBRATION_BATCH):
             prepared(calibration[start : start + CALIBRATION_BATCH])
@@ -71,12 +126,14 @@ def qat(
     val: tuple[torch.Tensor, torch.Tensor],
     recipe: Recipe,
     per_channel: bool = False,
+    per_channel_modules: Iterable[str] = (),
 ) -> torch.fx.GraphModule:
     """Fine-tune with fake quantization from the trained weights (batch norm folded in training mode)."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
-    prepared = prepare_qat_pt2e(capture(model.train(), example), quantizer_for(Strategy.qat, per_channel))
+    quantizer = quantizer_for(Strategy.qat, per_channel, per_channel_modules)
+    prepared = prepare_qat_pt2e(capture(model.train(), example), quantizer)
     allow_exported_model_train_eval(prepared)
     with denormals_flushed():
         fit(prepared, *train, *val, recipe)
@@ -127,11 +184,12 @@ def quantize(
     x_train, y_train = splits["train"]
     calibration = torch.from_numpy(x_train[evenly_spaced(len(x_train), config.calibration_samples)])
     example = calibration[:1]
+    per_channel_modules = depthwise_modules(model) if config.depthwise_per_channel else []
     if strategy != Strategy.qat:
-        return ptq(model, strategy, example, calibration)
+        return ptq(model, strategy, example, calibration, per_channel_modules)
     picked = evenly_spaced(len(x_train), config.qat_samples)
     train = torch.from_numpy(x_train[picked]), torch.from_numpy(y_train[picked])
     x_val, y_val = splits["val"]
     kept = evenly_spaced(len(y_val), config.qat_samples // 4)  # judges the fine-tuned epoch; kept small
     val = torch.from_numpy(x_val[kept]), torch.from_numpy(y_val[kept])
-    return qat(model, example, train, val, qat_recipe(recipe, config), config.qat_per_channel)
+    return qat(model, example, train, val, qat_recipe(recipe, config), config.qat_per_channel, per_channel_modules)
