@@ -69,8 +69,8 @@ bench-pipeline: up kernel-paths ## wall time of each stage and of the whole pipe
 bench-ota: up ## seconds from promotion to a new model running on an agent polling every 2 s
 	$(RUN) edgeops bench-ota --interval 2
 
-kernel-paths: | $(UV) ## qemu-user >= 8 and an aarch64 ExecuTorch runtime (outside the repo) for the emulated kernel paths
-	python3 scripts/emulated_runtime.py --uv $(UV)
+kernel-paths: install ## qemu-user >= 8 and an aarch64 ExecuTorch runtime (outside the repo) for the emulated kernel paths
+	$(RUN) python scripts/emulated_runtime.py --uv $(UV)
 
 lint: install ## ruff lint and format check, and the layer contracts between the wings (import-linter)
 	$(RUN) ruff check $(PYTHON_SOURCES)

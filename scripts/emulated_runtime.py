@@ -1,7 +1,8 @@
 """Install what runs ExecuTorch `.pte` programs under qemu-user, so the benchmark can measure INT8 accuracy on
 CPU kernel paths this machine does not have (aarch64 NEON/dotprod, x86-64 without AVX-512).
 
-`python3 scripts/emulated_runtime.py` (stdlib only, any python3; apt steps need root or sudo) prepares, outside
+`make kernel-paths` runs it with the project's python (the standard library and `packaging`; apt steps need root
+or sudo). It prepares, outside
 the repository (default `~/.cache/edgeops/emulated-runtime`, or `--dir`, or `EDGEOPS_KERNEL_PATHS__RUNTIME_DIR`):
 
 - qemu-user >= 8 (`qemu-aarch64`, `qemu-x86_64`), from `<codename>-backports` when the release has only 7.x:
@@ -33,6 +34,8 @@ import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from packaging.requirements import Requirement
 
 REPO = Path(__file__).resolve().parents[1]
 ENV_DIR = "EDGEOPS_KERNEL_PATHS__RUNTIME_DIR"
@@ -488,113 +491,19 @@ def requirement_line(package: dict[str, Any]) -> str:
     return " ".join([f"{package['name']}=={package['version']}", *(f"--hash={h}" for h in hashes)])
 
 
-_MARKER_TOKEN = re.compile(
-    r"\s*(\(|\)|===|==|!=|<=|>=|~=|<|>|not\s+in\b|in\b|and\b|or\b|'[^']*'|\"[^\"]*\"|[A-Za-z_.]+)"
-)
-
-
-def marker_true(marker: str, extras: set[str]) -> bool:
-    """Evaluate a PEP 508 environment marker for the aarch64 target, true if it holds for any of `extras`."""
-    tokens: list[str] = []
-    position = 0
-    marker = marker.strip()
-    while position < len(marker):
-        match = _MARKER_TOKEN.match(marker, position)
-        if not match:
-            raise InstallError(f"cannot parse the marker {marker!r}")
-        tokens.append(match.group(1))
-        position = match.end()
-        while position < len(marker) and marker[position].isspace():
-            position += 1
-    return any(_MarkerParser(tokens, extra).parse() for extra in ["", *sorted(extras)])
-
-
-class _MarkerParser:
-    """A recursive-descent parser: or := and ('or' and)*; and := atom ('and' atom)*; atom := '(' or ')' | v op v."""
-
-    def __init__(self, tokens: list[str], extra: str) -> None:
-        self.tokens, self.index, self.extra = tokens, 0, extra
-
-    def parse(self) -> bool:
-        value = self._or()
-        if self.index != len(self.tokens):
-            raise InstallError(f"unexpected {self.tokens[self.index]!r} in a marker")
-        return value
-
-    def _take(self) -> str:
-        token = self.tokens[self.index]
-        self.index += 1
-        return token
-
-    def _peek(self) -> str | None:
-        return self.tokens[self.index] if self.index < len(self.tokens) else None
-
-    def _or(self) -> bool:
-        value = self._and()
-        while self._peek() == "or":
-            self._take()
-            value = self._and() or value
-        return value
-
-    def _and(self) -> bool:
-        value = self._atom()
-        while self._peek() == "and":
-            self._take()
-            value = self._atom() and value
-        return value
-
-    def _value(self, token: str) -> str:
-        if token[0] in "'\"":
-            return token[1:-1]
-        if token == "extra":
-            return self.extra
-        if token not in MARKER_ENV:
-            raise InstallError(f"unknown marker variable {token!r}")
-        return MARKER_ENV[token]
-
-    def _atom(self) -> bool:
-        if self._peek() == "(":
-            self._take()
-            value = self._or()
-            self._take()  # ')'
-            return value
-        left_token, op, right_token = self._take(), " ".join(self._take().split()), self._take()
-        left, right = self._value(left_token), self._value(right_token)
-        if "extra" in (left_token, right_token):
-            left, right = normalize(left), normalize(right)
-        if op == "in":
-            return left in right
-        if op == "not in":
-            return left not in right
-        version = re.compile(r"^\d+(\.\d+)*$")
-        if version.match(left) and version.match(right):
-            a, b = tuple(int(p) for p in left.split(".")), tuple(int(p) for p in right.split("."))
-            width = max(len(a), len(b))
-            a, b = a + (0,) * (width - len(a)), b + (0,) * (width - len(b))
-            if op == "~=":
-                return a >= b and a[: len(right.split(".")) - 1] == b[: len(right.split(".")) - 1]
-            return {"==": a == b, "===": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
-        if op in ("==", "==="):
-            return left == right
-        if op == "!=":
-            return left != right
-        raise InstallError(f"cannot compare {left!r} {op} {right!r} in a marker")
-
-
 def requirements(metadata: str, extras: set[str]) -> dict[str, set[str]]:
-    """{name: extras} of a METADATA's Requires-Dist lines whose markers hold on linux/aarch64/cp311."""
+    """{name: extras} of a METADATA's Requires-Dist lines whose markers hold on linux/aarch64/cp311
+    for the package itself or any of `extras`."""
     needed: dict[str, set[str]] = {}
     for line in metadata.splitlines():
         if not line.startswith("Requires-Dist:"):
             continue
-        spec, _, marker = line.split(":", 1)[1].partition(";")
-        match = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[([^\]]*)\])?", spec)
-        if not match:
-            raise InstallError(f"cannot parse {line!r}")
-        if marker.strip() and not marker_true(marker, extras):
+        requirement = Requirement(line.split(":", 1)[1])
+        marker = requirement.marker
+        if marker and not any(marker.evaluate(MARKER_ENV | {"extra": extra}) for extra in ["", *sorted(extras)]):
             continue
-        wanted = {normalize(e) for e in (match.group(2) or "").split(",") if e.strip()}
-        needed.setdefault(normalize(match.group(1)), set()).update(wanted)
+        wanted = {normalize(extra) for extra in requirement.extras}
+        needed.setdefault(normalize(requirement.name), set()).update(wanted)
     return needed
 
 

@@ -119,5 +119,6 @@ def test_a_failed_gate_stops_the_pipeline_before_promotion(
     with pytest.raises(EdgeopsError, match="pipeline failed at task verify") as error:
         run_local(settings, arguments, tmp_path / "kfp")
     assert "GateError: no INT8 candidate passed the quality gates, nothing will be promoted" in str(error.value)
-    assert re.search(r"min_int8_accuracy: [\d.]+ \(must be >= 1\.5\) FAILED by 0\.[5-9]", str(error.value))
+    # Judged on the worst CPU kernel path measured, which the message names.
+    assert re.search(r"min_int8_accuracy: [\d.]+ on \S.* \(must be >= 1\.5\) FAILED by 0\.[5-9]", str(error.value))
     assert http_get(settings.ota_url(f"{MODEL}/latest.json")) == manifest_before

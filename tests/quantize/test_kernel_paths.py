@@ -233,3 +233,33 @@ def test_a_timeout_or_an_error_stops_the_emulated_processes(tmp_path: Path) -> N
     ):
         raise RuntimeError("native work failed")
     assert runs.processes and all(process.poll() is not None for process in runs.processes)
+
+
+def test_the_installer_takes_the_requirements_whose_markers_hold_on_aarch64() -> None:
+    """What `make kernel-paths` installs beside torch is read from torch's own aarch64 metadata."""
+    import importlib.util
+
+    from tests.conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("emulated_runtime", REPO / "scripts" / "emulated_runtime.py")
+    assert spec is not None and spec.loader is not None
+    installer = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(installer)
+    metadata = "\n".join(
+        [
+            "Name: torch",
+            "Requires-Dist: filelock",
+            'Requires-Dist: nvidia-cudnn-cu13==9.1; platform_system == "Linux" and platform_machine == "aarch64"',
+            'Requires-Dist: intel-openmp; platform_machine == "x86_64"',
+            'Requires-Dist: cuda-toolkit[cublas,cudart]==13.0; platform_system == "Linux"',
+            'Requires-Dist: opt-einsum>=3.3; extra == "opt-einsum"',
+            'Requires-Dist: triton==3.4; python_version < "3.14" and platform_machine == "aarch64"',
+        ]
+    )
+    assert installer.requirements(metadata, set()) == {
+        "filelock": set(),
+        "nvidia-cudnn-cu13": set(),
+        "cuda-toolkit": {"cublas", "cudart"},
+        "triton": set(),
+    }
+    assert "opt-einsum" in installer.requirements(metadata, {"opt-einsum"})
