@@ -196,7 +196,8 @@ class PostureTrainConfig(BaseModel):
     noise_std: float = Field(20.0, ge=0, description="sensor units, on loaded cells only")
     mirror: bool = True  # half the samples mirrored left-right, 'right' and 'left' labels swapped
     # The last epochs train with batch norm on its running statistics (edgeops.models.training.Recipe).
-    frozen_norm_epochs: int = Field(2, ge=0)
+    # Off until leave-one-subject-out says it helps new subjects (docs/pmd.md); S9/S10 must not decide it.
+    frozen_norm_epochs: int = Field(0, ge=0)
     threads: int = Field(0, ge=0, description="torch threads while training; 0 = torch's default")
 
 
