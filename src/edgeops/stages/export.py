@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from edgeops.datasets.base import Splits, load_splits
+from edgeops.datasets.base import DatasetRecord, Splits, load_splits
 from edgeops.models.nets import ModelSpec, PostureNet
 from edgeops.models.pruning import parameter_count, prune_posture_net
 from edgeops.models.training import Recipe, denormals_flushed, fit, recipe_for, training_tensors
@@ -159,7 +159,7 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
             print(f"{name}: {program.size_bytes:,} bytes in {program.seconds:.1f} s")
 
     candidates = {name: program for name, program in programs.items() if isinstance(program, Candidate)}
-    calibration = min(len(load_splits(dataset_dir)["train"][1]), config.calibration_samples)
+    calibration = min(DatasetRecord.load(dataset_dir).samples["train"], config.calibration_samples)
     result = ExportedModels(
         spec=trained.spec,
         dataset_version=trained.dataset_version,
