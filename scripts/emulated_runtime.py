@@ -1,8 +1,8 @@
 """Install what runs ExecuTorch `.pte` programs under qemu-user, so the benchmark can measure INT8 accuracy on
 CPU kernel paths this machine does not have (aarch64 NEON/dotprod, x86-64 without AVX-512).
 
-`make kernel-paths` runs it with the project's python (the standard library and `packaging`; apt steps need root
-or sudo). It prepares, outside
+`make kernel-paths` runs it with the project's python (it shares the qemu lookup with
+`edgeops.quantize.kernel_paths`; apt steps need root or sudo). It prepares, outside
 the repository (default `~/.cache/edgeops/emulated-runtime`, or `--dir`, or `EDGEOPS_KERNEL_PATHS__RUNTIME_DIR`):
 
 - qemu-user >= 8 (`qemu-aarch64`, `qemu-x86_64`), from `<codename>-backports` when the release has only 7.x:
@@ -37,12 +37,12 @@ from typing import Any
 
 from packaging.requirements import Requirement
 
+from edgeops.quantize.kernel_paths import MIN_QEMU, guest_env, newest_qemu, qemu_version
+from edgeops.settings import Settings
+
 REPO = Path(__file__).resolve().parents[1]
-ENV_DIR = "EDGEOPS_KERNEL_PATHS__RUNTIME_DIR"
-DEFAULT_DIR = Path.home() / ".cache" / "edgeops" / "emulated-runtime"
 FORMAT = 1  # of ready.json; kernel_paths.py reads it
 
-MIN_QEMU = 8
 QEMU_ARCHES = ("aarch64", "x86_64")
 QEMU_PACKAGES = ("qemu-user",)  # in 10.x it holds the static binaries; -static and -binfmt are transitional
 QEMU_COMPANIONS = ("qemu-user-static", "qemu-user-binfmt")  # upgraded along when installed (they Break < 9.1)
@@ -205,29 +205,8 @@ def locked(directory: Path) -> Iterator[None]:
 # --- qemu ----------------------------------------------------------------------------------------------------
 
 
-def qemu_version(binary: str) -> tuple[int, ...] | None:
-    try:
-        output = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False, timeout=30).stdout
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    match = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", output)
-    return tuple(int(part) for part in match.groups() if part is not None) if match else None
-
-
-def find_qemu(arch: str) -> tuple[str, tuple[int, ...]] | None:
-    """The newest of qemu-<arch> and qemu-<arch>-static, with its version."""
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/local/bin"])
-    best: tuple[str, tuple[int, ...]] | None = None
-    for name in (f"qemu-{arch}", f"qemu-{arch}-static"):
-        binary = shutil.which(name, path=search)
-        version = qemu_version(binary) if binary else None
-        if binary and version and (best is None or version > best[1]):
-            best = (binary, version)
-    return best
-
-
 def good_qemus() -> dict[str, tuple[str, tuple[int, ...]]] | None:
-    found = {arch: find_qemu(arch) for arch in QEMU_ARCHES}
+    found = {arch: newest_qemu(arch) for arch in QEMU_ARCHES}
     if all(entry and entry[1][0] >= MIN_QEMU for entry in found.values()):
         return {arch: entry for arch, entry in found.items() if entry}
     return None
@@ -387,7 +366,7 @@ def ensure_qemu() -> dict[str, tuple[str, tuple[int, ...]]]:
     )
     found = good_qemus()
     if not found:
-        versions = {arch: find_qemu(arch) for arch in QEMU_ARCHES}
+        versions = {arch: newest_qemu(arch) for arch in QEMU_ARCHES}
         raise InstallError(
             f"after installing qemu-user, qemu-aarch64/qemu-x86_64 >= {MIN_QEMU} are still missing: {versions}"
         )
@@ -678,15 +657,6 @@ def install_wheels(directory: Path, lock: Path, uv: str | None) -> dict[str, str
 # --- check and stamp -----------------------------------------------------------------------------------------
 
 
-def guest_env(site: Path | None) -> dict[str, str]:
-    """The environment of the emulated python: nothing of ours (venv, PYTHONPATH, QEMU_*) leaks in."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "QEMU_", "VIRTUAL_ENV", "CONDA"))}
-    env["PYTHONNOUSERSITE"] = "1"
-    if site is not None:
-        env["PYTHONPATH"] = str(site)
-    return env
-
-
 def self_check(directory: Path, qemu_aarch64: str) -> float:
     sysroot = directory / "sysroot"
     code = "from executorch.runtime import Runtime; Runtime.get(); import numpy; print('executorch.runtime ok')"
@@ -769,7 +739,7 @@ def install(directory: Path, lock: Path, uv: str | None) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", type=Path, default=Path(os.environ.get(ENV_DIR) or DEFAULT_DIR))
+    parser.add_argument("--dir", type=Path, default=Settings().kernel_paths.runtime_dir)
     parser.add_argument("--lock", type=Path, default=REPO / "uv.lock", help="pins the wheel versions")
     parser.add_argument("--uv", help="the uv binary (default: $UV, uv on PATH, .tools/bin/uv; else pip)")
     parser.add_argument("--check", action="store_true", help="only say whether the runtime is ready (exit 0) or not")

@@ -91,12 +91,11 @@ def test_pmd_track_runs_through_the_compiled_pipeline(small_pmd: Settings, tmp_p
     assert tags["dataset"] == "pmd" and tags["int8_sha256"] == manifest["sha256"]
     qat = "QAT (PT2E fake quantization), symmetric int8, per-tensor weights"
     assert manifest["quantization"] in {
-        "PTQ, per-tensor weights, symmetric int8",
-        "PTQ, per-channel weights, symmetric int8",
         qat,
         "pruned to 75% of hidden channels, fine-tuned; " + qat,
     }
-    for strategy in ("ptq_per_tensor", "ptq_per_channel", "qat", "pruned_qat"):
+    assert "int8_ptq_per_tensor_accuracy" not in metrics  # the track's table builds QAT candidates only
+    for strategy in ("qat", "pruned_qat"):
         assert f"int8_{strategy}_accuracy" in metrics
         assert f"int8_{strategy}_fake_quant_accuracy" in metrics
         assert f"int8_{strategy}_accuracy_path_aarch64_cortex_a76_qemu" in metrics  # measured as phones compute
@@ -171,7 +170,7 @@ def test_augmentation_shifts_with_zero_fill_scales_and_adds_noise_only_on_loaded
 
     def only(**changes: object) -> PostureTrainConfig:
         still = {"max_shift_rows": 0, "max_shift_cols": 0, "min_scale": 1.0, "max_scale": 1.0, "noise_std": 0.0}
-        return PostureTrainConfig.model_validate(still | {"mirror": False} | changes)
+        return PostureTrainConfig.model_validate(still | {"mirror": False, "band_share": 0.0} | changes)
 
     shifted, same = pressure_map_augmentation(only(max_shift_rows=3, max_shift_cols=2), LABELS)(
         frames, targets, generator
@@ -190,6 +189,18 @@ def test_augmentation_shifts_with_zero_fill_scales_and_adds_noise_only_on_loaded
     assert torch.equal(noisy[frames == 0], frames[frames == 0])  # empty cells stay empty
     assert 15.0 < float((noisy - frames)[frames > 0].std()) < 25.0
 
+    everywhere = torch.full((400, 1, 64, 32), 1000.0)
+    banded, same = pressure_map_augmentation(only(band_rows=24, band_share=0.5), LABELS)(
+        everywhere, targets.repeat(7)[:400], generator
+    )
+    empty_rows = (banded[:, 0] == 0).all(dim=2)  # [sample, row]: the whole row reads empty
+    covered = empty_rows.any(dim=1)
+    assert 150 < int(covered.sum()) < 250  # about half the samples
+    assert set(empty_rows[covered].sum(dim=1).tolist()) == {24}  # one band of 24 whole rows, nothing else
+    tops = empty_rows[covered].float().argmax(dim=1)
+    assert int(tops.min()) == 0 and int(tops.max()) == 64 - 24  # anywhere from head to foot
+    assert torch.equal(banded[~covered], everywhere[~covered]) and torch.equal(same, targets.repeat(7)[:400])
+
 
 def test_mirroring_swaps_right_and_left_with_the_image() -> None:
     assert mirrored_labels(LABELS).tolist() == [0, 2, 1]
@@ -197,7 +208,9 @@ def test_mirroring_swaps_right_and_left_with_the_image() -> None:
     frames = torch.zeros(300, 1, 64, 32)
     frames[:, :, :, :8] = 500.0  # weight on the left-hand columns
     targets = torch.arange(300) % 3
-    config = PostureTrainConfig(max_shift_rows=0, max_shift_cols=0, min_scale=1.0, max_scale=1.0, noise_std=0.0)
+    config = PostureTrainConfig(
+        max_shift_rows=0, max_shift_cols=0, min_scale=1.0, max_scale=1.0, noise_std=0.0, band_rows=0
+    )
     mirrored, labels = pressure_map_augmentation(config, LABELS)(frames, targets, torch.Generator().manual_seed(0))
     flipped = mirrored[:, 0, 0, -1] > 0
     assert 100 < int(flipped.sum()) < 200  # about half

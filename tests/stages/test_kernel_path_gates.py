@@ -11,7 +11,7 @@ from edgeops.models.nets import ModelSpec, PostureNet
 from edgeops.quantize.kernel_paths import KernelPath, PathLogits
 from edgeops.quantize.lowering import LoweredProgram
 from edgeops.quantize.pt2e import depthwise_modules
-from edgeops.settings import Architecture, Dataset, GateConfig, QuantizeConfig, Strategy
+from edgeops.settings import Architecture, Dataset, GateConfig, MatTrack, PmdTrack, QuantizeConfig, Strategy
 from edgeops.stages.benchmark import BenchmarkReport, RunnerResult, path_results, slug
 from edgeops.stages.export import PRUNED_PREFIX, Candidate, ExportedModels, candidate_names
 from edgeops.stages.verify import evaluate_gates
@@ -123,11 +123,17 @@ def test_path_names_become_metric_names() -> None:
 
 
 def test_the_pruned_candidate_is_built_for_mobilenet_only_and_can_be_switched_off() -> None:
-    config = QuantizeConfig()
-    assert candidate_names(config, Architecture.mobilenet_v2)[-1] == PRUNED_PREFIX + config.prune_strategy
-    assert not any(name.startswith(PRUNED_PREFIX) for name in candidate_names(config, Architecture.mat_mlp))
+    config, pmd, mat = QuantizeConfig(), PmdTrack(), MatTrack()
+    assert candidate_names(pmd, config)[-1] == PRUNED_PREFIX + config.prune_strategy
+    assert not any(name.startswith(PRUNED_PREFIX) for name in candidate_names(mat, config))
     off = config.model_copy(update={"prune_keep": 0.0})
-    assert candidate_names(off, Architecture.mobilenet_v2) == [str(s) for s in config.strategies]
+    assert candidate_names(pmd, off) == [str(s) for s in pmd.strategies]
+
+
+def test_each_track_builds_its_own_strategies() -> None:
+    """PMD builds QAT only (chosen on leave-one-subject-out), plus the pruned QAT network."""
+    assert candidate_names(MatTrack(), QuantizeConfig()) == [str(s) for s in Strategy]
+    assert candidate_names(PmdTrack(), QuantizeConfig()) == ["qat", "pruned_qat"]
 
 
 def test_depthwise_convolutions_are_found_by_their_owning_module() -> None:

@@ -94,10 +94,10 @@ def render_loso(result: LosoResult) -> str:
     lines = [
         f"# Leave-one-subject-out: PMD {result.dataset}, {result.label_set}",
         "",
-        "Each subject is the test set once; the next subject validates (best epoch), the rest train. "
+        "Each subject is the test set once; the next subject validates, the rest train. "
         f"FP32 is eager PyTorch; INT8 is the {result.strategy} ExecuTorch program run by the runtime.",
         "",
-        "| test subject | val subject | train samples | test samples | best epoch | FP32 | INT8 | seconds |",
+        "| test subject | val subject | train samples | test samples | kept epoch | FP32 | INT8 | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
@@ -150,7 +150,10 @@ def loso(
     if len(chosen) < 3:
         raise EdgeopsError("leave-one-subject-out needs at least 3 subjects (test, validation, training)")
     data = pmd.load_subjects(config, chosen)
-    recipe_params = recipe_for(track, pmd.labels_for(config.label_set)).params()
+    qat_settings = settings.quantize.model_dump(include={"qat_epochs", "qat_samples", "qat_learning_rate"})
+    recipe_params = recipe_for(track, pmd.labels_for(config.label_set)).params() | {
+        f"quantize.{key}": value for key, value in qat_settings.items()
+    }
     out_dir.mkdir(parents=True, exist_ok=True)
     folds: list[LosoFold] = []
     with tempfile.TemporaryDirectory() as work:

@@ -54,7 +54,7 @@ def train(
     from edgeops.stages.train import train as run
 
     info = run(dataset, out, Settings(), model)
-    console.print(f"best epoch {info.best_epoch}: val accuracy {info.val_accuracy:.4f} → {out}")
+    console.print(f"kept epoch {info.best_epoch}: val accuracy {info.val_accuracy:.4f} → {out}")
 
 
 @app.command("export")

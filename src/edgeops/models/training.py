@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -37,16 +37,22 @@ class Recipe:
     label_smoothing: float = 0.0
     train_stride: int = 1  # each epoch trains on every k-th sample, starting one further along each time
     augment: Augment | None = None
+    augmentation: dict[str, float | int | bool] = field(default_factory=dict)  # what `augment` does, for the record
     # Train with batch norm on its running statistics (and dropout off): QAT fine-tuning of a converged
     # network, where small augmented batches would otherwise drag the statistics around.
     freeze_norm: bool = False
     # The same for only the last epochs of a run: the weights settle on the statistics the exported
     # model will use instead of on each augmented batch's own, which new subjects otherwise pay for.
     frozen_norm_epochs: int = 0
+    # Keep the weights of the last epoch instead of the one with the lowest validation loss. Under a one-cycle
+    # schedule the last epoch is the annealed one; the lowest loss on one validation subject is often an epoch
+    # at the peak learning rate that new subjects pay for (docs/pmd.md, leave-one-subject-out).
+    keep_last_epoch: bool = False
 
     def params(self) -> dict[str, float | int | str | bool]:
-        """The plain settings, for MLflow and the records (not the augmentation function)."""
-        return {key: value for key, value in vars(self).items() if isinstance(value, int | float | str | bool)}
+        """The plain settings and the augmentation's, for MLflow and the records (not the augmentation function)."""
+        plain = {key: value for key, value in vars(self).items() if isinstance(value, int | float | str | bool)}
+        return plain | {f"augment.{key}": value for key, value in self.augmentation.items()}
 
 
 def logits_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -67,9 +73,15 @@ def mirrored_labels(labels: list[str]) -> torch.Tensor:
     return torch.tensor([labels.index(name) if name in labels else i for i, name in enumerate(swapped)])
 
 
+AUGMENTATION_SETTINGS = {
+    "max_shift_rows", "max_shift_cols", "min_scale", "max_scale", "noise_std", "mirror", "band_rows", "band_share"
+}  # fmt: skip
+
+
 def pressure_map_augmentation(config: PostureTrainConfig, labels: list[str]) -> Augment:
     """What a real bed sees: the person a few cells up/down/sideways, heavier or lighter, sensor noise,
-    and lying the other way round (mirrored left-right, with 'right' and 'left' postures swapped).
+    part of the body off the mat (a band of rows reads empty), and lying the other way round (mirrored
+    left-right, with 'right' and 'left' postures swapped).
 
     Shifts fill with zeros (an empty cell reads 0), never wrap around; noise touches loaded cells only.
     """
@@ -90,6 +102,12 @@ def pressure_map_augmentation(config: PostureTrainConfig, labels: list[str]) -> 
         scale = config.min_scale + span * torch.rand(n, 1, 1, 1, generator=generator)
         noise = config.noise_std * torch.randn(shifted.shape, generator=generator)
         augmented = (shifted * scale + noise * (shifted > 0)).clamp_min(0)
+        band = min(config.band_rows, rows)
+        if band and config.band_share:
+            top = torch.randint(0, rows - band + 1, (n, 1, 1, 1), generator=generator)
+            covered = torch.rand(n, 1, 1, 1, generator=generator) < config.band_share
+            row = torch.arange(rows).view(1, 1, rows, 1)
+            augmented = augmented.masked_fill(covered & (row >= top) & (row < top + band), 0.0)
         if not config.mirror:
             return augmented, targets
         flip = torch.rand(n, generator=generator) < 0.5
@@ -112,8 +130,10 @@ def recipe_for(track: MatTrack | PmdTrack, labels: list[str]) -> Recipe:
             label_smoothing=config.label_smoothing,
             train_stride=config.train_stride,
             augment=pressure_map_augmentation(config, labels),
+            augmentation=config.model_dump(include=AUGMENTATION_SETTINGS),
             seed=config.seed,
             frozen_norm_epochs=config.frozen_norm_epochs,
+            keep_last_epoch=config.keep_last_epoch,
         )
     return Recipe(
         epochs=config.epochs, batch_size=config.batch_size, learning_rate=config.learning_rate, seed=config.seed
@@ -152,9 +172,10 @@ def fit(
     recipe: Recipe,
     on_epoch: OnEpoch | None = None,
 ) -> tuple[int, float, float]:
-    """Train `model` in place; leave it holding the weights of the epoch with the lowest validation loss.
+    """Train `model` in place; leave it holding the weights of the epoch with the lowest validation loss,
+    or of the last epoch under `recipe.keep_last_epoch`.
 
-    Returns (best epoch, its validation loss, its validation accuracy). Also drives QAT fine-tuning.
+    Returns (the kept epoch, its validation loss, its validation accuracy). Also drives QAT fine-tuning.
     """
     generator = torch.Generator().manual_seed(recipe.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
@@ -188,13 +209,14 @@ def fit(
         val_loss, val_accuracy = evaluate(model, x_val, y_val)
         if on_epoch is not None:
             on_epoch(epoch, {"train_loss": total / len(rows), "val_loss": val_loss, "val_accuracy": val_accuracy})
-        if best is None or val_loss < best[0]:
-            best = (val_loss, epoch, val_accuracy, copy.deepcopy(model.state_dict()))
+        if best is None or val_loss < best[0] or recipe.keep_last_epoch:
+            best = (val_loss, epoch, val_accuracy, {} if recipe.keep_last_epoch else copy.deepcopy(model.state_dict()))
     assert best is not None
-    val_loss, best_epoch, val_accuracy, state = best
-    model.load_state_dict(state)
+    val_loss, kept_epoch, val_accuracy, state = best
+    if state:
+        model.load_state_dict(state)
     model.eval()
-    return best_epoch, val_loss, val_accuracy
+    return kept_epoch, val_loss, val_accuracy
 
 
 def training_tensors(splits: Splits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

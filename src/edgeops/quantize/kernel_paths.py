@@ -12,7 +12,6 @@ the caller does its native work.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import os
 import platform
@@ -202,25 +201,35 @@ def emulated_path(spec: str) -> KernelPath:
     return KernelPath(f"x86-64 {model} (qemu)", arch, (f"qemu's {model}",), model)
 
 
-@functools.cache
 def qemu_version(binary: str) -> tuple[int, ...] | None:
+    """(major, minor[, patch]) from `binary --version`; None when it does not run."""
     try:
         output = subprocess.run([binary, "--version"], capture_output=True, text=True, check=False, timeout=30).stdout
     except (OSError, subprocess.TimeoutExpired):
         return None
-    match = re.search(r"version (\d+)\.(\d+)", output)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    match = re.search(r"version (\d+)\.(\d+)(?:\.(\d+))?", output)
+    return tuple(int(part) for part in match.groups() if part is not None) if match else None
+
+
+def newest_qemu(arch: str) -> tuple[str, tuple[int, ...]] | None:
+    """The newest of qemu-<arch> and qemu-<arch>-static, with its version, whatever that version is."""
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/local/bin"])
+    best: tuple[str, tuple[int, ...]] | None = None
+    for name in (f"qemu-{arch}", f"qemu-{arch}-static"):
+        binary = shutil.which(name, path=search)
+        version = qemu_version(binary) if binary else None
+        if binary and version and (best is None or version > best[1]):
+            best = (binary, version)
+    return best
 
 
 def find_qemu(arch: str, preferred: str | None = None) -> str | None:
-    """A qemu-<arch> (or -static) of version >= 8, `preferred` first."""
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/bin", "/usr/local/bin"])
-    for candidate in (preferred, f"qemu-{arch}", f"qemu-{arch}-static"):
-        binary = shutil.which(candidate, path=search) if candidate else None
-        version = qemu_version(binary) if binary else None
-        if binary and version and version[0] >= MIN_QEMU:
-            return binary
-    return None
+    """A qemu-<arch> (or -static) of version >= MIN_QEMU: `preferred` if it still is one, else the newest."""
+    version = qemu_version(preferred) if preferred else None
+    if preferred and version and version[0] >= MIN_QEMU:
+        return preferred
+    newest = newest_qemu(arch)
+    return newest[0] if newest and newest[1][0] >= MIN_QEMU else None
 
 
 @dataclass(frozen=True)

@@ -172,8 +172,10 @@ def qat_recipe(base: Recipe, config: QuantizeConfig) -> Recipe:
         weight_decay=base.weight_decay,
         label_smoothing=base.label_smoothing,
         augment=base.augment,
+        augmentation=base.augmentation,
         seed=base.seed,
         freeze_norm=config.qat_freeze_norm,
+        keep_last_epoch=base.keep_last_epoch,
     )
 
 

@@ -17,13 +17,14 @@ from pathlib import Path
 import torch
 
 from edgeops.datasets.base import DatasetRecord, Splits, load_splits
+from edgeops.errors import InputError
 from edgeops.models.nets import ModelSpec, PostureNet
 from edgeops.models.pruning import parameter_count, prune_posture_net
 from edgeops.models.training import Recipe, denormals_flushed, fit, recipe_for, training_tensors
 from edgeops.quantize.lowering import FP32_LOWERING_TOLERANCE, LoweredProgram, check_lowering, lower
 from edgeops.quantize.pt2e import STRATEGY_DESCRIPTIONS, evenly_spaced, quantize, save_reference
 from edgeops.records import StageRecord
-from edgeops.settings import Architecture, QuantizeConfig, Settings, Strategy
+from edgeops.settings import Architecture, QuantizeConfig, Settings, Strategy, TrackConfig
 from edgeops.stack import tracking
 from edgeops.stages.train import TrainedModel, load_model
 
@@ -56,10 +57,10 @@ class ExportedModels(StageRecord):
     calibration_samples: int
 
 
-def candidate_names(config: QuantizeConfig, architecture: Architecture) -> list[str]:
-    """The INT8 programs export builds, by name; the pruned one only for MobileNetV2."""
-    names = [str(strategy) for strategy in dict.fromkeys(config.strategies)]
-    if config.prune_keep and architecture == Architecture.mobilenet_v2:
+def candidate_names(track: TrackConfig, config: QuantizeConfig) -> list[str]:
+    """The INT8 programs export builds for a track, by name; the pruned one only for MobileNetV2."""
+    names = [str(strategy) for strategy in dict.fromkeys(track.strategies)]
+    if config.prune_keep and track.architecture == Architecture.mobilenet_v2:
         names.append(PRUNED_PREFIX + config.prune_strategy)
     return names
 
@@ -136,10 +137,11 @@ def _worker_init(threads: int) -> None:
 
 def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings) -> ExportedModels:
     config = settings.quantize
-    if not config.strategies:
-        raise ValueError("settings.quantize.strategies is empty: nothing to export")
     trained = TrainedModel.load(model_dir)
-    names = [FP32, *candidate_names(config, trained.spec.architecture)]
+    track = settings.track(trained.spec.dataset)
+    if not track.strategies:
+        raise InputError([f"settings.{trained.spec.dataset}.strategies is empty: no INT8 candidate to export"])
+    names = [FP32, *candidate_names(track, config)]
     out_dir.mkdir(parents=True, exist_ok=True)
 
     cores = os.cpu_count() or 1

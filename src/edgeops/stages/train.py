@@ -52,9 +52,13 @@ def model_card(info: TrainedModel, dataset: DatasetRecord) -> str:
   Normalisation is inside the model: a device feeds raw readings.
 - **Output**: logits `{spec.output_shape}` in the order {spec.labels}.
 - **Data**: dataset `{dataset.version}`, samples per split {dataset.samples}; trained on {info.train_samples}.
-- **Training**: {info.recipe}; best epoch {info.best_epoch} by validation loss
+- **Training**: {info.recipe}; kept epoch {info.best_epoch}, {kept_by(info.recipe)}
   (validation accuracy {info.val_accuracy:.4f}).
 """
+
+
+def kept_by(recipe: dict[str, float | int | str | bool]) -> str:
+    return "the last of the schedule" if recipe.get("keep_last_epoch") else "the lowest validation loss"
 
 
 def train(
