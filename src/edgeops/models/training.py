@@ -188,7 +188,7 @@ def fit(
         if recipe.one_cycle
         else None
     )
-    best: tuple[float, int, float, dict[str, torch.Tensor]] | None = None
+    best: tuple[float, int, float, dict[str, torch.Tensor] | None] | None = None
     for epoch in range(1, recipe.epochs + 1):
         model.train(not (recipe.freeze_norm or epoch > recipe.epochs - recipe.frozen_norm_epochs))
         rows = torch.arange((epoch - 1) % stride, len(x_train), stride)
@@ -209,11 +209,13 @@ def fit(
         val_loss, val_accuracy = evaluate(model, x_val, y_val)
         if on_epoch is not None:
             on_epoch(epoch, {"train_loss": total / len(rows), "val_loss": val_loss, "val_accuracy": val_accuracy})
-        if best is None or val_loss < best[0] or recipe.keep_last_epoch:
-            best = (val_loss, epoch, val_accuracy, {} if recipe.keep_last_epoch else copy.deepcopy(model.state_dict()))
+        if recipe.keep_last_epoch:
+            best = (val_loss, epoch, val_accuracy, None)  # the model holds these weights already
+        elif best is None or val_loss < best[0]:
+            best = (val_loss, epoch, val_accuracy, copy.deepcopy(model.state_dict()))
     assert best is not None
     val_loss, kept_epoch, val_accuracy, state = best
-    if state:
+    if state is not None:
         model.load_state_dict(state)
     model.eval()
     return kept_epoch, val_loss, val_accuracy
