@@ -173,6 +173,18 @@ def test_split_errors(three: PmdData) -> None:
     assert problems_of(split_by_subject, three, ["S1", "S3"], ["S2"]) == [
         "the train split would have no subject (loaded: S1, S2, S3)"
     ]
+    assert problems_of(split_by_subject, three, [], []) == ["the test split would have no subject (loaded: S1, S2, S3)"]
+
+
+def test_without_validation_subjects_every_other_subject_trains(three: PmdData, tmp_path: Path) -> None:
+    splits, subjects = split_by_subject(three, ["S3"], [])
+    assert subjects == {"train": ["S1", "S2"], "val": [], "test": ["S3"]}
+    assert {split: len(y) for split, (_, y) in splits.items()} == {"train": 2489, "val": 0, "test": 1311}
+    assert splits["val"][0].shape == (0, *three.frames.shape[1:])
+    info = dataset_info(three, splits, subjects, checksums_verified=51)
+    assert "train S1, S2; validation none; test S3" in info.description
+    base.save_splits(splits, tmp_path)
+    assert base.load_splits(tmp_path)["val"][0].shape == (0, *three.frames.shape[1:])
 
 
 # ---------------------------------------------------------------- broken copies

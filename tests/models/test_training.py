@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from edgeops.errors import InputError
 from edgeops.models.training import Recipe, fit
 
 
@@ -31,3 +32,20 @@ def test_fit_keeps_the_lowest_validation_loss_or_the_last_epoch(keep_last_epoch:
     assert kept == expected and val_loss == pytest.approx(losses[expected - 1], rel=1e-5)
     assert all(torch.equal(tensor, states[expected - 1][name]) for name, tensor in model.state_dict().items())
     assert not model.training
+
+
+def test_fit_without_validation_keeps_the_last_epoch_and_reports_no_validation() -> None:
+    torch.manual_seed(0)
+    x = torch.randn(64, 4)
+    y = (x[:, 0] > 0).long()
+    model = nn.Linear(4, 2)
+    seen: list[dict[str, float]] = []
+    recipe = Recipe(epochs=3, batch_size=32, learning_rate=0.05, seed=0, keep_last_epoch=True)
+    assert fit(model, x, y, x[:0], y[:0], recipe, lambda _, metrics: seen.append(metrics)) == (3, None, None)
+    assert [set(metrics) for metrics in seen] == [{"train_loss"}] * 3
+
+    choosing = Recipe(epochs=3, batch_size=32, learning_rate=0.05, seed=0, keep_last_epoch=False)
+    untouched = copy.deepcopy(model.state_dict())
+    with pytest.raises(InputError, match="needs a validation split, and it is empty"):
+        fit(model, x, y, x[:0], y[:0], choosing)
+    assert all(torch.equal(tensor, untouched[name]) for name, tensor in model.state_dict().items())

@@ -37,7 +37,6 @@ SMALL = {
     "EDGEOPS_PMD__DATA__ROOT": str(PMD_DATA),
     "EDGEOPS_PMD__MODEL_NAME": MODEL,
     "EDGEOPS_PMD__DATA__SUBJECTS": '["S1", "S2", "S3"]',
-    "EDGEOPS_PMD__DATA__VAL_SUBJECTS": '["S2"]',
     "EDGEOPS_PMD__DATA__TEST_SUBJECTS": '["S3"]',
     "EDGEOPS_PMD__TRAIN__EPOCHS": "1",
     "EDGEOPS_PMD__TRAIN__TRAIN_STRIDE": "8",
@@ -90,6 +89,9 @@ def test_pmd_track_runs_through_the_compiled_pipeline(small_pmd: Settings, tmp_p
     assert client.get_experiment(run_info.info.experiment_id).name == "pmd-posture"  # the track's own experiment
     card = Path(client.download_artifacts(run_info.info.run_id, "model_card.md", str(tmp_path))).read_text()
     assert card.startswith(f"# {MODEL}\n")
+    # No validation subject by default: S1 and S2 both train, and no validation figure is made up.
+    assert "train S1, S2; validation none; test S3" in card and "no validation split" in card
+    assert "best_val_accuracy" not in metrics and metrics["dataset_val_samples"] == 0
     assert params["train.architecture"] == "mobilenet_v2" and params["train.epochs"] == "1"
     assert tags["dataset"] == "pmd" and tags["int8_sha256"] == manifest["sha256"]
     qat = "QAT (PT2E fake quantization), symmetric int8, per-tensor weights"
@@ -146,7 +148,8 @@ def test_bench_runs_the_promoted_model_under_every_engine_and_logs_the_report(
 
 def test_loso_trains_one_model_per_held_out_subject(small_pmd: Settings, tmp_path: Path) -> None:
     result = loso(small_pmd, tmp_path, ["S1", "S2", "S3"], Strategy.ptq_per_tensor, say=lambda _: None)
-    assert [(f.test_subject, f.val_subject) for f in result.folds] == [("S1", "S2"), ("S2", "S3"), ("S3", "S1")]
+    # The recipe keeps its last epoch: no subject is spent on validation, the two others train.
+    assert [(f.test_subject, f.val_subject) for f in result.folds] == [("S1", None), ("S2", None), ("S3", None)]
     data = load_subjects(small_pmd.pmd.data, ["S1", "S2", "S3"])
     for fold in result.folds:
         assert fold.test_samples == int((data.subjects == fold.test_subject).sum())
@@ -156,8 +159,12 @@ def test_loso_trains_one_model_per_held_out_subject(small_pmd: Settings, tmp_pat
     assert result.mean_int8 == pytest.approx(sum(f.int8_accuracy for f in result.folds) / 3)
     report = (tmp_path / "loso.md").read_text()
     assert f"**{result.mean_fp32:.4f}**" in report and (tmp_path / "loso.png").stat().st_size > 0
-    with pytest.raises(EdgeopsError, match="at least 3 subjects"):
-        loso(small_pmd, tmp_path, ["S1", "S2"], Strategy.ptq_per_tensor, say=lambda _: None)
+    with pytest.raises(EdgeopsError, match=r"at least 2 subjects \(test, training\)"):
+        loso(small_pmd, tmp_path, ["S1"], Strategy.ptq_per_tensor, say=lambda _: None)
+    choosing = small_pmd.model_copy(deep=True)
+    choosing.pmd.train.keep_last_epoch = False
+    with pytest.raises(EdgeopsError, match=r"at least 3 subjects \(test, validation, training\)"):
+        loso(choosing, tmp_path, ["S1", "S2"], Strategy.ptq_per_tensor, say=lambda _: None)
 
 
 def test_an_unknown_dataset_is_named(tmp_path: Path) -> None:

@@ -33,7 +33,7 @@ Say = Callable[[str], None]
 
 class LosoFold(BaseModel):
     test_subject: str
-    val_subject: str
+    val_subject: str | None  # None: the recipe keeps its last epoch, so every other subject trains
     train_samples: int
     test_samples: int
     best_epoch: int
@@ -60,11 +60,11 @@ class LosoResult(StageRecord):
 
 
 def loso_fold(
-    data: pmd.PmdData, subject: str, val_subject: str, settings: Settings, strategy: Strategy, work: Path
+    data: pmd.PmdData, subject: str, val_subject: str | None, settings: Settings, strategy: Strategy, work: Path
 ) -> LosoFold:
-    """Train on every subject but two, pick the epoch on `val_subject`, test FP32 and INT8 on `subject`."""
+    """Train on every other subject (but `val_subject`, which picks the epoch), test FP32 and INT8 on `subject`."""
     started = time.perf_counter()
-    splits, split_subjects = pmd.split_by_subject(data, [subject], [val_subject])
+    splits, split_subjects = pmd.split_by_subject(data, [subject], [val_subject] if val_subject else [])
     track = settings.pmd
     record = pmd.dataset_info(data, splits, split_subjects, 0, track.data.experiment, track.data.max_value)
     spec = model_spec(record, track.architecture, settings)
@@ -94,14 +94,14 @@ def render_loso(result: LosoResult) -> str:
     lines = [
         f"# Leave-one-subject-out: PMD {result.dataset}, {result.label_set}",
         "",
-        "Each subject is the test set once; the next subject validates, the rest train. "
+        f"Each subject is the test set once; {fold_rule(result)}. "
         f"FP32 is eager PyTorch; INT8 is the {result.strategy} ExecuTorch program run by the runtime.",
         "",
         "| test subject | val subject | train samples | test samples | kept epoch | FP32 | INT8 | seconds |",
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {f.test_subject} | {f.val_subject} | {f.train_samples} | {f.test_samples} | {f.best_epoch} | "
+        f"| {f.test_subject} | {f.val_subject or '-'} | {f.train_samples} | {f.test_samples} | {f.best_epoch} | "
         f"{f.fp32_accuracy:.4f} | {f.int8_accuracy:.4f} | {f.seconds:.0f} |"
         for f in result.folds
     ]
@@ -111,6 +111,12 @@ def render_loso(result: LosoResult) -> str:
         f"Recipe: {result.recipe}",
     ]
     return "\n".join(lines) + "\n"
+
+
+def fold_rule(result: LosoResult) -> str:
+    if any(fold.val_subject for fold in result.folds):
+        return "the next subject validates (it chooses the epoch), the rest train"
+    return "all the others train (the recipe keeps its last epoch, so nothing is left to validate)"
 
 
 def plot_loso(result: LosoResult, path: Path) -> Path:
@@ -147,19 +153,20 @@ def loso(
     track = settings.pmd
     config = track.data
     chosen = subjects or config.subjects
-    if len(chosen) < 3:
-        raise EdgeopsError("leave-one-subject-out needs at least 3 subjects (test, validation, training)")
+    recipe = recipe_for(track, pmd.labels_for(config.label_set))
+    validated = not recipe.keep_last_epoch  # a validation subject only where it chooses the epoch
+    needed = ["test", "validation", "training"] if validated else ["test", "training"]
+    if len(chosen) < len(needed):
+        raise EdgeopsError(f"leave-one-subject-out needs at least {len(needed)} subjects ({', '.join(needed)})")
     data = pmd.load_subjects(config, chosen)
     qat_settings = settings.quantize.model_dump(include={"qat_epochs", "qat_samples", "qat_learning_rate"})
-    recipe_params = recipe_for(track, pmd.labels_for(config.label_set)).params() | {
-        f"quantize.{key}": value for key, value in qat_settings.items()
-    }
+    recipe_params = recipe.params() | {f"quantize.{key}": value for key, value in qat_settings.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     folds: list[LosoFold] = []
     with tempfile.TemporaryDirectory() as work:
         for index, subject in enumerate(chosen):
-            val_subject = chosen[(index + 1) % len(chosen)]
-            say(f"fold {index + 1}/{len(chosen)}: test {subject}, validation {val_subject}")
+            val_subject = chosen[(index + 1) % len(chosen)] if validated else None
+            say(f"fold {index + 1}/{len(chosen)}: test {subject}, validation {val_subject or 'none'}")
             fold = loso_fold(data, subject, val_subject, settings, strategy, Path(work))
             folds.append(fold)
             result = LosoResult(

@@ -52,9 +52,10 @@ def train(
 ) -> None:
     """Train the network; normalisation from the training split goes inside the model."""
     from edgeops.stages.train import train as run
+    from edgeops.stages.train import validation_summary
 
     info = run(dataset, out, Settings(), model)
-    console.print(f"kept epoch {info.best_epoch}: val accuracy {info.val_accuracy:.4f} → {out}")
+    console.print(f"kept epoch {info.best_epoch}: {validation_summary(info)} → {out}")
 
 
 @app.command("export")

@@ -381,7 +381,7 @@ def split_by_subject(
         "val": [subject for subject in loaded if subject in val_subjects],
         "test": [subject for subject in loaded if subject in test_subjects],
     }
-    empty = [split for split in SPLITS if not subjects[split]]
+    empty = [split for split in ("train", "test") if not subjects[split]]  # val may be empty: nothing to choose
     if empty:
         raise InputError([f"the {split} split would have no subject (loaded: {', '.join(loaded)})" for split in empty])
     splits: Splits = {}
@@ -448,7 +448,7 @@ def dataset_info(
         description=(
             f"Classifies a person's in-bed posture ({', '.join(labels)}) from one {rows}x{cols} pressure map "
             f"of PhysioNet PMD {experiment}. Split by subject: train {', '.join(split_subjects['train'])}; "
-            f"validation {', '.join(split_subjects['val'])}; test {', '.join(split_subjects['test'])}: "
+            f"validation {', '.join(split_subjects['val']) or 'none'}; test {', '.join(split_subjects['test'])}: "
             "the model is judged on people it never saw."
         ),
         value_range=(float(data.frames.min()), float(data.frames.max())),

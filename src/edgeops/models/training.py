@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from edgeops.datasets.base import DatasetRecord, Splits
+from edgeops.errors import InputError
 from edgeops.models.nets import MatOccupancyNet, ModelSpec, PostureNet, build_model
 from edgeops.settings import Architecture, MatTrack, PmdTrack, PostureTrainConfig, Settings
 
@@ -171,12 +172,21 @@ def fit(
     y_val: torch.Tensor,
     recipe: Recipe,
     on_epoch: OnEpoch | None = None,
-) -> tuple[int, float, float]:
+) -> tuple[int, float | None, float | None]:
     """Train `model` in place; leave it holding the weights of the epoch with the lowest validation loss,
     or of the last epoch under `recipe.keep_last_epoch`.
 
-    Returns (the kept epoch, its validation loss, its validation accuracy). Also drives QAT fine-tuning.
+    Returns (the kept epoch, its validation loss, its validation accuracy); without validation
+    samples, which only the last-epoch rule allows, both are None. Also drives QAT fine-tuning.
     """
+    validated = len(y_val) > 0
+    if not validated and not recipe.keep_last_epoch:
+        raise InputError(
+            [
+                "choosing the epoch with the lowest validation loss needs a validation split, and it is empty: "
+                "name validation subjects, or keep the last epoch"
+            ]
+        )
     generator = torch.Generator().manual_seed(recipe.seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, weight_decay=recipe.weight_decay)
     stride = recipe.train_stride
@@ -188,7 +198,7 @@ def fit(
         if recipe.one_cycle
         else None
     )
-    best: tuple[float, int, float, dict[str, torch.Tensor] | None] | None = None
+    best: tuple[int, dict[str, float], dict[str, torch.Tensor] | None] | None = None
     for epoch in range(1, recipe.epochs + 1):
         model.train(not (recipe.freeze_norm or epoch > recipe.epochs - recipe.frozen_norm_epochs))
         rows = torch.arange((epoch - 1) % stride, len(x_train), stride)
@@ -206,19 +216,21 @@ def fit(
             if scheduler is not None:
                 scheduler.step()
             total += loss.item() * len(batch)
-        val_loss, val_accuracy = evaluate(model, x_val, y_val)
+        metrics = {"train_loss": total / len(rows)}
+        if validated:
+            metrics["val_loss"], metrics["val_accuracy"] = evaluate(model, x_val, y_val)
         if on_epoch is not None:
-            on_epoch(epoch, {"train_loss": total / len(rows), "val_loss": val_loss, "val_accuracy": val_accuracy})
+            on_epoch(epoch, metrics)
         if recipe.keep_last_epoch:
-            best = (val_loss, epoch, val_accuracy, None)  # the model holds these weights already
-        elif best is None or val_loss < best[0]:
-            best = (val_loss, epoch, val_accuracy, copy.deepcopy(model.state_dict()))
+            best = (epoch, metrics, None)  # the model holds these weights already
+        elif best is None or metrics["val_loss"] < best[1]["val_loss"]:
+            best = (epoch, metrics, copy.deepcopy(model.state_dict()))
     assert best is not None
-    val_loss, kept_epoch, val_accuracy, state = best
+    kept_epoch, kept_metrics, state = best
     if state is not None:
         model.load_state_dict(state)
     model.eval()
-    return kept_epoch, val_loss, val_accuracy
+    return kept_epoch, kept_metrics.get("val_loss"), kept_metrics.get("val_accuracy")
 
 
 def training_tensors(splits: Splits) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -247,8 +259,8 @@ class Fitted:
 
     model: MatOccupancyNet | PostureNet
     best_epoch: int
-    val_loss: float
-    val_accuracy: float
+    val_loss: float | None  # None: no validation split
+    val_accuracy: float | None
     train_samples: int  # seen per epoch
 
 
@@ -256,7 +268,7 @@ def fit_new_model(
     spec: ModelSpec, splits: Splits, recipe: Recipe, threads: int = 0, on_epoch: OnEpoch | None = None
 ) -> Fitted:
     """Build a fresh network for `spec`, fit its normalisation and weights on the training split,
-    keep the epoch with the lowest validation loss."""
+    keep the epoch the recipe chooses."""
     prepare_torch(recipe, threads)
     model = build_model(spec)
     x_train, y_train, x_val, y_val = training_tensors(splits)

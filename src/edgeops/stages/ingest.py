@@ -76,6 +76,8 @@ def publish_dataset(
         mlflow.log_params(built.params)
         for split, context in SPLIT_CONTEXTS.items():
             x, y = built.splits[split]
+            if not len(y):
+                continue  # an empty split (no validation subjects) is no dataset to log
             logged = mlflow.data.from_numpy(
                 x,
                 targets=y,

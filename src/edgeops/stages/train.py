@@ -1,4 +1,4 @@
-"""Train: fit the track's network on the training split, keep the epoch with the best validation loss."""
+"""Train: fit the track's network on the training split, keep the epoch its recipe chooses."""
 
 from __future__ import annotations
 
@@ -27,8 +27,8 @@ class TrainedModel(StageRecord):
     run_id: str
     model_name: str = ""
     best_epoch: int
-    val_accuracy: float
-    val_loss: float
+    val_accuracy: float | None  # None: the dataset has no validation split
+    val_loss: float | None
     parameters: int
     train_samples: int
     recipe: dict[str, float | int | str | bool]
@@ -53,12 +53,18 @@ def model_card(info: TrainedModel, dataset: DatasetRecord) -> str:
 - **Output**: logits `{spec.output_shape}` in the order {spec.labels}.
 - **Data**: dataset `{dataset.version}`, samples per split {dataset.samples}; trained on {info.train_samples}.
 - **Training**: {info.recipe}; kept epoch {info.best_epoch}, {kept_by(info.recipe)}
-  (validation accuracy {info.val_accuracy:.4f}).
+  ({validation_summary(info)}).
 """
 
 
 def kept_by(recipe: dict[str, float | int | str | bool]) -> str:
     return "the last of the schedule" if recipe.get("keep_last_epoch") else "the lowest validation loss"
+
+
+def validation_summary(info: TrainedModel) -> str:
+    if info.val_accuracy is None:
+        return "no validation split"
+    return f"validation accuracy {info.val_accuracy:.4f}"
 
 
 def train(
@@ -99,9 +105,10 @@ def train(
             train_samples=fitted.train_samples,
             recipe=recipe_params,
         )
-        mlflow.log_metrics(
-            {"best_epoch": fitted.best_epoch, "best_val_accuracy": fitted.val_accuracy, "parameters": info.parameters}
-        )
+        kept: dict[str, float] = {"best_epoch": fitted.best_epoch, "parameters": info.parameters}
+        if fitted.val_accuracy is not None:
+            kept["best_val_accuracy"] = fitted.val_accuracy
+        mlflow.log_metrics(kept)
         mlflow.log_text(model_card(info, dataset), "model_card.md")
 
         out_dir.mkdir(parents=True, exist_ok=True)
