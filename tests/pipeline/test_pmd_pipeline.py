@@ -41,8 +41,8 @@ SMALL = {
     "EDGEOPS_PMD__TRAIN__EPOCHS": "1",
     "EDGEOPS_PMD__TRAIN__TRAIN_STRIDE": "8",
     "EDGEOPS_PMD__TRAIN__WIDTH_MULT": "0.25",
-    # The track builds QAT only; per-tensor PTQ is added back (through the track's own table) as the size
-    # reference the dead batch-norm check below compares QAT with.
+    # The track builds per-tensor PTQ only; QAT is added (through the track's own table) so the batch-norm
+    # check below runs through the pipeline too.
     "EDGEOPS_PMD__STRATEGIES": '["ptq_per_tensor", "qat"]',
     "EDGEOPS_QUANTIZE__CALIBRATION_SAMPLES": "64",
     "EDGEOPS_QUANTIZE__QAT_SAMPLES": "64",
@@ -98,21 +98,22 @@ def test_pmd_track_runs_through_the_compiled_pipeline(small_pmd: Settings, tmp_p
     assert manifest["quantization"] in {
         "PTQ, per-tensor weights, symmetric int8",
         qat,
-        "pruned to 75% of hidden channels, fine-tuned; " + qat,
+        "pruned to 75% of hidden channels, fine-tuned; PTQ, per-tensor weights, symmetric int8",
     }
-    assert params["export.candidates"] == "ptq_per_tensor,qat,pruned_qat"  # EDGEOPS_PMD__STRATEGIES, then pruned
-    for strategy in ("ptq_per_tensor", "qat", "pruned_qat"):
+    # EDGEOPS_PMD__STRATEGIES, then the pruned network (by settings.quantize.prune_strategy)
+    assert params["export.candidates"] == "ptq_per_tensor,qat,pruned_ptq_per_tensor"
+    for strategy in ("ptq_per_tensor", "qat", "pruned_ptq_per_tensor"):
         assert f"int8_{strategy}_accuracy" in metrics
         assert f"int8_{strategy}_fake_quant_accuracy" in metrics
         assert f"int8_{strategy}_accuracy_path_aarch64_cortex_a76_qemu" in metrics  # measured as phones compute
     # The pruned network is smaller, and judged (bytes per parameter) by its own parameter count.
-    assert metrics["pruned_qat_size_bytes"] < metrics["qat_size_bytes"]
+    assert metrics["pruned_ptq_per_tensor_size_bytes"] < metrics["ptq_per_tensor_size_bytes"]
     # The release carries the promoted program's accuracy on every kernel path measured, aarch64 among them.
     on_paths = {key: value for key, value in manifest["metrics"].items() if key.startswith(PATH_METRIC)}
     assert PATH_METRIC + "aarch64_cortex_a76_qemu" in on_paths and len(on_paths) >= 2
     assert manifest["metrics"]["int8_accuracy_worst_path"] == min(on_paths.values())
     assert metrics["fp32_size_bytes"] / metrics["int8_size_bytes"] >= 2
-    # QAT folds batch norm into the convolutions; the dead batch-norm tensors must not ship.
+    # Batch norm ends up folded into QAT's convolutions; no batch-norm tensor may ship beside them.
     assert metrics["qat_size_bytes"] <= metrics["ptq_per_tensor_size_bytes"] * 1.01
     assert metrics["test_samples"] == manifest["metrics"]["test_samples"] > 1000
 

@@ -131,9 +131,9 @@ def test_the_pruned_candidate_is_built_for_mobilenet_only_and_can_be_switched_of
 
 
 def test_each_track_builds_its_own_strategies() -> None:
-    """PMD builds QAT only (chosen on leave-one-subject-out), plus the pruned QAT network."""
+    """PMD builds per-tensor PTQ only (chosen on leave-one-subject-out), plus the pruned network by the same."""
     assert candidate_names(MatTrack(), QuantizeConfig()) == [str(s) for s in Strategy]
-    assert candidate_names(PmdTrack(), QuantizeConfig()) == ["qat", "pruned_qat"]
+    assert candidate_names(PmdTrack(), QuantizeConfig()) == ["ptq_per_tensor", "pruned_ptq_per_tensor"]
 
 
 def test_depthwise_convolutions_are_found_by_their_owning_module() -> None:

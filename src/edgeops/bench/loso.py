@@ -29,6 +29,9 @@ LOSO_REPORT = "loso.md"
 LOSO_PLOT = "loso.png"
 
 Say = Callable[[str], None]
+QUANTIZE_SETTINGS = {
+    "calibration_samples", "qat_epochs", "qat_samples", "qat_learning_rate", "qat_one_cycle", "qat_freeze_norm"
+}  # fmt: skip
 
 
 class LosoFold(BaseModel):
@@ -147,10 +150,14 @@ def loso(
     settings: Settings,
     out_dir: Path,
     subjects: list[str] | None = None,
-    strategy: Strategy = Strategy.qat,
+    strategy: Strategy | None = None,
     say: Say = print,
 ) -> LosoResult:
+    """`strategy` defaults to the one the PMD track builds first (its promoted kind of program)."""
     track = settings.pmd
+    if strategy is None and not track.strategies:
+        raise EdgeopsError("the PMD track builds no INT8 strategy (EDGEOPS_PMD__STRATEGIES): name one with --strategy")
+    strategy = strategy or track.strategies[0]
     config = track.data
     chosen = subjects or config.subjects
     recipe = recipe_for(track, pmd.labels_for(config.label_set))
@@ -159,8 +166,8 @@ def loso(
     if len(chosen) < len(needed):
         raise EdgeopsError(f"leave-one-subject-out needs at least {len(needed)} subjects ({', '.join(needed)})")
     data = pmd.load_subjects(config, chosen)
-    qat_settings = settings.quantize.model_dump(include={"qat_epochs", "qat_samples", "qat_learning_rate"})
-    recipe_params = recipe.params() | {f"quantize.{key}": value for key, value in qat_settings.items()}
+    quantize_settings = settings.quantize.model_dump(include=QUANTIZE_SETTINGS)
+    recipe_params = recipe.params() | {f"quantize.{key}": value for key, value in quantize_settings.items()}
     out_dir.mkdir(parents=True, exist_ok=True)
     folds: list[LosoFold] = []
     with tempfile.TemporaryDirectory() as work:

@@ -106,7 +106,9 @@ def bench(
 @app.command("bench-loso")
 def bench_loso(
     subjects: Annotated[list[str] | None, typer.Option("--subject", help="repeat; default: every PMD subject")] = None,
-    strategy: Annotated[Strategy, typer.Option(help="INT8 quantization strategy")] = Strategy.qat,
+    strategy: Annotated[
+        Strategy | None, typer.Option(help="INT8 quantization strategy; default: the PMD track's first")
+    ] = None,
 ) -> None:
     """Leave-one-subject-out on PMD: per-subject and mean accuracy, FP32 and INT8."""
     from edgeops.bench.loso import LOSO_REPORT, loso

@@ -13,6 +13,7 @@ classic MobileNet INT8 failure). Depthwise layers hold few weights, so this cost
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -128,17 +129,40 @@ def qat(
     per_channel: bool = False,
     per_channel_modules: Iterable[str] = (),
 ) -> torch.fx.GraphModule:
-    """Fine-tune with fake quantization from the trained weights (batch norm folded in training mode)."""
+    """Fine-tune with fake quantization from the trained weights; batch norm is folded first when the
+    recipe freezes it, else torchao folds it in training mode."""
     from torchao.quantization.pt2e import allow_exported_model_train_eval, move_exported_model_to_eval
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_qat_pt2e
 
     quantizer = quantizer_for(Strategy.qat, per_channel, per_channel_modules)
+    if recipe.freeze_norm:
+        model = norm_folded(model)
     prepared = prepare_qat_pt2e(capture(model.train(), example), quantizer)
     allow_exported_model_train_eval(prepared)
     with denormals_flushed():
         fit(prepared, *train, *val, recipe)
     move_exported_model_to_eval(prepared)
     return drop_unused_attributes(convert_pt2e(prepared))
+
+
+def norm_folded(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of `model` with every batch norm that follows a convolution folded into it.
+
+    Under QAT with frozen batch norm, each norm is a fixed affine map, so folding it first changes
+    nothing the network computes: fine-tuning then moves the very weights the program will hold, and
+    torchao's own conv-bn folding, which traces a graph for each of dozens of pattern variants (most of the
+    QAT candidate's convert time), finds nothing to do.
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    folded = copy.deepcopy(model).eval()
+    for sequence in [module for module in folded.modules() if isinstance(module, torch.nn.Sequential)]:
+        for index in range(len(sequence) - 1):
+            conv, norm = sequence[index], sequence[index + 1]
+            if isinstance(conv, torch.nn.Conv2d) and isinstance(norm, torch.nn.BatchNorm2d):
+                sequence[index] = fuse_conv_bn_eval(conv, norm)
+                sequence[index + 1] = torch.nn.Identity()
+    return folded
 
 
 def drop_unused_attributes(graph: torch.fx.GraphModule) -> torch.fx.GraphModule:
@@ -164,7 +188,7 @@ def evenly_spaced(samples: int, count: int) -> np.ndarray:
 
 
 def qat_recipe(base: Recipe, config: QuantizeConfig) -> Recipe:
-    """The training recipe, gentler: few epochs at a small constant learning rate."""
+    """The training recipe, gentler: few epochs at a small learning rate."""
     return Recipe(
         epochs=config.qat_epochs,
         batch_size=base.batch_size,
@@ -174,6 +198,7 @@ def qat_recipe(base: Recipe, config: QuantizeConfig) -> Recipe:
         augment=base.augment,
         augmentation=base.augmentation,
         seed=base.seed,
+        one_cycle=config.qat_one_cycle,
         freeze_norm=config.qat_freeze_norm,
         keep_last_epoch=base.keep_last_epoch,
     )
@@ -184,10 +209,10 @@ def quantize(
 ) -> torch.fx.GraphModule:
     """The trained `model` quantized by `strategy`, calibrated (or fine-tuned) on the training split."""
     x_train, y_train = splits["train"]
-    calibration = torch.from_numpy(x_train[evenly_spaced(len(x_train), config.calibration_samples)])
-    example = calibration[:1]
+    example = torch.from_numpy(x_train[:1])
     per_channel_modules = depthwise_modules(model) if config.depthwise_per_channel else []
     if strategy != Strategy.qat:
+        calibration = torch.from_numpy(x_train[evenly_spaced(len(x_train), config.calibration_count(len(x_train)))])
         return ptq(model, strategy, example, calibration, per_channel_modules)
     picked = evenly_spaced(len(x_train), config.qat_samples)
     train = torch.from_numpy(x_train[picked]), torch.from_numpy(y_train[picked])

@@ -161,7 +161,7 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
             print(f"{name}: {program.size_bytes:,} bytes in {program.seconds:.1f} s")
 
     candidates = {name: program for name, program in programs.items() if isinstance(program, Candidate)}
-    calibration = min(DatasetRecord.load(dataset_dir).samples["train"], config.calibration_samples)
+    calibration = config.calibration_count(DatasetRecord.load(dataset_dir).samples["train"])
     result = ExportedModels(
         spec=trained.spec,
         dataset_version=trained.dataset_version,
@@ -198,6 +198,8 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
                 "export.qat_epochs": config.qat_epochs,
                 "export.qat_samples": config.qat_samples,
                 "export.qat_learning_rate": config.qat_learning_rate,
+                "export.qat_one_cycle": config.qat_one_cycle,
+                "export.qat_freeze_norm": config.qat_freeze_norm,
                 "export.prune_keep": config.prune_keep,
                 "export.prune_epochs": config.prune_epochs,
             }
