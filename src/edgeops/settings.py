@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, SecretStr, ValidationError, field_validat
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from edgeops.errors import InputError
+from edgeops.images import COMPONENT_IMAGE
 
 CREDENTIALS_FILE = "credentials.json"
 
@@ -406,6 +407,25 @@ class ClusterConfig(BaseModel):
     task_memory_limit: str = "6Gi"
 
 
+class Runner(StrEnum):
+    subprocess = "subprocess"
+    docker = "docker"
+
+
+class LocalRunnerConfig(BaseModel):
+    """How `edgeops pipeline run` and `edgeops demo` run the compiled pipeline on this machine.
+
+    `subprocess`: every task in this virtualenv. `docker`: every task in the component image through
+    KFP's DockerRunner, as the image's non-root user, read-only root filesystem, a tmpfs at /tmp,
+    no capabilities, host networking to reach the local stack on 127.0.0.1. Containerized tasks
+    hold no signing key: promote requests the release and this machine signs it, as on a cluster.
+    """
+
+    runner: Runner = Runner.subprocess
+    tmpfs_size: str = "4g"  # /tmp in each task container: the state and out dirs, MLflow downloads
+    shm_size: str = "1g"  # torch's shared memory
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EDGEOPS_", env_nested_delimiter="__", extra="ignore")
 
@@ -440,7 +460,8 @@ class Settings(BaseSettings):
 
     registry_alias: str = "production"
     pipeline_package: Path = Path("pipelines/edgeops.yaml")
-    component_image: str = "ghcr.io/edgeops/edgeops:0.1.0"
+    component_image: str = COMPONENT_IMAGE
+    local_runner: LocalRunnerConfig = LocalRunnerConfig()
 
     # The track table.
     mat: MatTrack = MatTrack()

@@ -10,17 +10,19 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import docker
 import numpy as np
 import pytest
 import torch
 
+from edgeops.cli.pipeline import with_runner
 from edgeops.datasets.mat import read_recording, windows
 from edgeops.errors import EdgeopsError
 from edgeops.files import sha256_bytes
 from edgeops.pipeline.arguments import pipeline_arguments
-from edgeops.pipeline.local import run_local
+from edgeops.pipeline.local import docker_runner, run_local
 from edgeops.runtime import Program
-from edgeops.settings import Settings
+from edgeops.settings import Runner, Settings
 from edgeops.stack import tracking
 from edgeops.stack.s3 import s3_client
 from edgeops.stages.promote import Promotion
@@ -54,16 +56,66 @@ def test_committed_pipeline_yaml_is_current(tmp_path: Path) -> None:
 def test_pipeline_end_to_end(stack_settings: Settings, mat_session: Path, tmp_path: Path) -> None:
     settings = Settings()  # the stack fixture's environment, which the KFP tasks inherit too
     run = run_local(settings, pipeline_arguments(settings, mat_session, MODEL), tmp_path / "kfp")
+    assert run.runner == Runner.subprocess and not run.signed
     assert list(run.stage_status) == STAGES
     assert set(run.stage_status.values()) == {"SUCCESS"}
     assert run.promotion_dir is not None
     promotion = Promotion.model_validate_json((run.promotion_dir / "promotion.json").read_text())
+    assert promotion.state == "published"
+    manifest = check_release_landed(settings, mat_session, tmp_path, promotion.version)
+    assert manifest["version"] == promotion.release_version
 
+
+def test_pipeline_runs_every_task_in_the_component_image(
+    stack_settings: Settings, mat_session: Path, tmp_path: Path, component_image: str
+) -> None:
+    """KFP's DockerRunner: each task in our image as its non-root user, read-only root, no key in any task."""
+    settings = with_runner(Settings(), Runner.docker)
+    assert settings.component_image == component_image
+    run = run_local(settings, pipeline_arguments(settings, mat_session, MODEL), tmp_path / "kfp")
+    assert run.runner == Runner.docker
+    assert list(run.stage_status) == STAGES
+    assert set(run.stage_status.values()) == {"SUCCESS"}
+    assert run.promotion_dir is not None
+    # Promote only asked for the release: the tasks held no signing key, this machine signed it.
+    promotion = Promotion.model_validate_json((run.promotion_dir / "promotion.json").read_text())
+    assert promotion.state == "requested" and promotion.release_version is None
+    assert len(run.signed) == 1
+    assert re.fullmatch(rf"{MODEL} registry version {promotion.version}: published as stable v\d+", run.signed[0])
+    # Every task wrote its outputs as the image's user, not as this machine's.
+    image_uid = int(docker.from_env().images.get(component_image).attrs["Config"]["User"].split(":")[0])
+    assert image_uid != 0
+    for stage in STAGES:
+        record = next((run.promotion_dir.parents[1] / stage).rglob("executor_output.json"))
+        assert record.stat().st_uid == image_uid, f"{stage} did not run as uid {image_uid}"
+    manifest = check_release_landed(settings, mat_session, tmp_path, promotion.version)
+    version = tracking.client(settings).get_model_version(MODEL, str(promotion.version))
+    assert version.tags["release_state"] == "published" and version.tags["release"] == f"stable v{manifest['version']}"
+
+
+def test_the_docker_runner_confines_each_task(stack_settings: Settings, component_image: str) -> None:
+    """The runner's own container options, applied to a probe in the same image: the restrictions hold."""
+    runner = docker_runner(with_runner(Settings(), Runner.docker), [])
+    probe = (
+        "id -u; touch /opt/edgeops/x 2>/dev/null && echo root-writable || echo root-read-only; "
+        "touch /tmp/x && echo tmp-writable; grep CapEff /proc/self/status; "
+        "python -c \"import os; print(os.environ['EDGEOPS_RELEASE__SIGNED_BY'])\""
+    )
+    output = docker.from_env().containers.run(
+        component_image, ["sh", "-c", probe], remove=True, **runner.container_run_args
+    )
+    lines = output.decode().split()
+    assert lines[0] != "0" and lines[1:3] == ["root-read-only", "tmp-writable"]
+    assert lines[3:5] == ["CapEff:", "0000000000000000"] and lines[5] == "signer"
+
+
+def check_release_landed(settings: Settings, mat_session: Path, tmp_path: Path, registry_version: int) -> dict:
+    """What both runners must leave behind: objects and hashes in S3, MLflow, the alias, a release an agent installs."""
     # A device's view: anonymous HTTP only.
     manifest_bytes = http_get(settings.ota_url(f"{MODEL}/latest.json"))
     assert manifest_bytes is not None
     manifest = json.loads(manifest_bytes)
-    assert manifest["registry_version"] == promotion.version and manifest["version"] == promotion.release_version
+    assert manifest["registry_version"] == registry_version
     model = http_get(settings.ota_url(manifest["model_key"]))
     assert model is not None and sha256_bytes(model) == manifest["sha256"] and len(model) == manifest["size"]
     assert manifest["model_key"] == f"{MODEL}/models/{manifest['sha256']}.pte"
@@ -106,7 +158,8 @@ def test_pipeline_end_to_end(stack_settings: Settings, mat_session: Path, tmp_pa
     assert once.returncode == 0, once.stdout + once.stderr
     status = json.loads((device / "status.json").read_text())
     assert status["installed"]["sha256"] == manifest["sha256"] and status["running"] == "current"
-    assert status["installed"]["version"] == promotion.release_version
+    assert status["installed"]["version"] == manifest["version"]
+    return manifest
 
 
 def test_a_failed_gate_stops_the_pipeline_before_promotion(

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from edgeops.cli.output import console, print_stage_times
-from edgeops.cli.pipeline import ModelNameOption
+from edgeops.cli.pipeline import ModelNameOption, RunnerOption, with_runner
 from edgeops.cli.stages import DatasetOption
-from edgeops.settings import Dataset, Settings
+from edgeops.settings import Dataset, Runner, Settings
 
 app = typer.Typer()
 
@@ -21,11 +21,12 @@ def demo(
     manifest: Annotated[Path | None, typer.Option(help="mat: session manifest (file -> label)")] = None,
     model_name: ModelNameOption = None,
     dataset: DatasetOption = Dataset.mat,
+    runner: RunnerOption = None,
 ) -> None:
     """Start the stack, run the pipeline, then fetch and run the promoted model as a device would."""
     from edgeops.pipeline.demo import run_demo
 
-    settings = Settings()
+    settings = with_runner(Settings(), runner)
     summary = run_demo(
         settings, manifest or settings.mat.session_manifest, model_name or settings.track(dataset).model_name, dataset
     )
@@ -38,6 +39,7 @@ def demo(
     table.add_column("what", no_wrap=True)
     table.add_column("value", overflow="fold")
     rows = [
+        ("pipeline runner", _runner_row(summary)),
         ("dataset version", summary["dataset_version"]),
         ("MLflow run", summary["mlflow_run_url"]),
         ("test samples", f"{summary['test_samples']:.0f} ({summary['test_split']})"),
@@ -83,3 +85,12 @@ def demo(
     console.print(f"summary: {settings.out_dir / 'demo' / 'summary.json'}")
     console.print(f"MLflow UI: {summary['mlflow_tracking_uri']}   device manifest: {summary['manifest_url']}")
     console.print("the stack keeps running; stop it with [bold]make down[/]")
+
+
+def _runner_row(summary: dict[str, Any]) -> str:
+    if summary["runner"] != Runner.docker:
+        return "KFP local SubprocessRunner (tasks in this virtualenv)"
+    return (
+        f"KFP local DockerRunner: every task in {summary['component_image']}, non-root, read-only root; "
+        "release signed on this machine"
+    )

@@ -22,7 +22,7 @@ from edgeops.ota.release import manifest_key
 from edgeops.pipeline.arguments import pipeline_arguments
 from edgeops.pipeline.local import run_local
 from edgeops.runtime import Program
-from edgeops.settings import Dataset, Settings
+from edgeops.settings import Dataset, Runner, Settings
 from edgeops.stack import supervisor, tracking
 from edgeops.stages.benchmark import predict_all
 from edgeops.stages.verify import CANDIDATES_ARTIFACT, PATH_METRIC
@@ -191,6 +191,9 @@ def run_demo(
             "trust": device["trust"],
             "predictions": device["predictions"],
         },
+        "runner": pipeline.runner,
+        "component_image": settings.component_image if pipeline.runner == Runner.docker else None,
+        "signed_by_host": pipeline.signed,
         "pipeline_seconds": pipeline.seconds,
         "stage_seconds": pipeline.stage_seconds,
     }

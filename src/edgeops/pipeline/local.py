@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from edgeops.errors import EdgeopsError
 from edgeops.pipeline.task import FAILURE_FILE, SECONDS, STARTED_AT
-from edgeops.settings import Settings
+from edgeops.settings import Runner, Settings
 
 EXECUTOR_OUTPUT = "executor_output.json"  # what KFP's executor leaves in a task's directory on success
 SUCCESS, FAILURE = "SUCCESS", "FAILURE"
@@ -39,6 +39,8 @@ class PipelineRun(BaseModel):
     stage_seconds: dict[str, float]
     stage_status: dict[str, str]
     promotion_dir: Path | None
+    runner: Runner
+    signed: list[str] = []  # docker: what this machine's signer did with promote's release requests
 
 
 @contextlib.contextmanager
@@ -99,8 +101,50 @@ def _stage_metadata(executor_output: Path) -> dict[str, Any] | None:
     return None
 
 
+def docker_runner(settings: Settings, read_only_paths: list[Path]) -> Any:
+    """KFP's DockerRunner with the component image's own user and the chart's restrictions.
+
+    Tasks get the stack's endpoints and S3 identity in their environment, as pods get them from
+    Secrets; never a signing key (promote requests the release, `sign_requests` publishes it).
+    The host paths they read (a session manifest's recordings, the PMD data) are mounted read-only
+    where they are on this machine, so the same arguments work in both runners.
+    """
+    from docker.types import Mount
+    from kfp import local
+
+    access_key, secret_key = settings.credentials
+    config = settings.local_runner
+    environment = {
+        "EDGEOPS_S3_ACCESS_KEY": access_key,
+        "EDGEOPS_S3_SECRET_KEY": secret_key,
+        "EDGEOPS_S3_ENDPOINT": settings.s3_url,
+        "EDGEOPS_MLFLOW_TRACKING_URI": settings.tracking_uri,
+        "EDGEOPS_RELEASE__SIGNED_BY": "signer",
+        "EDGEOPS_PMD__DATA__ROOT": str(settings.pmd.data.root.resolve()),
+        "PYTHONWARNINGS": "ignore::FutureWarning",
+    }
+    mounts = [
+        Mount(target=str(path), source=str(path), type="bind", read_only=True)
+        for path in sorted({path.resolve() for path in read_only_paths if path.exists()})
+    ]
+    return local.DockerRunner(
+        network_mode="host",  # the local stack listens on 127.0.0.1 only
+        read_only=True,
+        tmpfs={"/tmp": f"rw,nosuid,nodev,size={config.tmpfs_size},mode=1777"},
+        cap_drop=["ALL"],
+        security_opt=["no-new-privileges"],
+        shm_size=config.shm_size,
+        environment=environment,
+        mounts=mounts,
+    )
+
+
 def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path) -> PipelineRun:
-    """Run `settings.pipeline_package` end to end; raise naming the failed stage and its error if one fails."""
+    """Run `settings.pipeline_package` end to end; raise naming the failed stage and its error if one fails.
+
+    With `settings.local_runner.runner == Runner.docker` every task runs in `settings.component_image`;
+    its outputs land in `pipeline_root` all the same (KFP mounts it at the same path).
+    """
     from kfp import components, local
 
     package = settings.pipeline_package
@@ -109,11 +153,16 @@ def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path
     pipeline_root = pipeline_root.resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     earlier = set(pipeline_root.iterdir())
-    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root))
-    pipeline = components.load_component_from_file(str(package))
     # Local tasks read the manifest from this machine; on a cluster the path is inside the image.
-    manifest = Path(arguments.get("session_manifest", settings.mat.session_manifest))
-    arguments = {**arguments, "session_manifest": str(manifest.resolve())}
+    manifest = Path(arguments.get("session_manifest", settings.mat.session_manifest)).resolve()
+    arguments = {**arguments, "session_manifest": str(manifest)}
+    if settings.local_runner.runner == Runner.docker:
+        pipeline_root.chmod(0o1777)  # the image's user writes its outputs here, as anyone may in /tmp
+        runner = docker_runner(settings, [manifest.parent, settings.pmd.data.root])
+    else:
+        runner = local.SubprocessRunner(use_venv=False)
+    local.init(runner=runner, pipeline_root=str(pipeline_root))
+    pipeline = components.load_component_from_file(str(package))
     started = time.perf_counter()
     try:
         with task_environment(settings), warnings.catch_warnings():
@@ -127,12 +176,30 @@ def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path
     seconds = time.perf_counter() - started
     outcomes = _outcomes(pipeline_root, earlier)
     promotion = task.outputs if not isinstance(task.outputs, dict) else next(iter(task.outputs.values()), None)
+    signed = sign_requested_releases(settings) if settings.local_runner.runner == Runner.docker else []
     return PipelineRun(
         seconds=seconds,
         stage_seconds={outcome.name: outcome.seconds for outcome in outcomes},
         stage_status={outcome.name: outcome.status for outcome in outcomes},
         promotion_dir=Path(promotion.path) if promotion is not None else None,
+        runner=settings.local_runner.runner,
+        signed=signed,
     )
+
+
+def sign_requested_releases(settings: Settings) -> list[str]:
+    """Play the cluster's release signer on this machine: publish what the containerized promote requested."""
+    from edgeops.ota.keys import Keyring
+    from edgeops.stages.signer import sign_requests
+
+    handled = sign_requests(settings, Keyring.load(settings.release))
+    refused = [request for request in handled if request.state != "published"]
+    if refused:
+        raise EdgeopsError(
+            "the release signer did not publish: "
+            + "; ".join(f"{r.model_name} v{r.version}: {r.outcome}" for r in refused)
+        )
+    return [f"{request.model_name} registry version {request.version}: {request.outcome}" for request in handled]
 
 
 def _outcomes(pipeline_root: Path, earlier: set[Path]) -> list[StageOutcome]:
