@@ -94,7 +94,10 @@ test-fast: install ## the unit tier: no servers, no training (about a minute)
 
 test: lint typecheck validate mysql-server pytest ## lint, type-check, static cluster checks, all tests
 
-# --- Kubernetes path: make kind-up deploy kfp-install release-keys-secret images kind-load pipeline-run -----------------
+# --- Kubernetes path: make kind-up deploy kfp-install release-keys-secret pipeline-run --------------------------------
+# In that order: deploy builds the images and loads them into kind first (deploy -> kind-load -> images), so
+# MLflow starts from a loaded image; kfp-install wires KFP to the deployed release, creating the namespace and the
+# admission policy release-keys-secret needs. Another cluster: push or load the images yourself, `make -o kind-load deploy`.
 
 .tools/bin/helm:
 	python3 scripts/fetch_helm.py .tools/bin
@@ -124,23 +127,36 @@ base-image: docker-engine ## the Python 3.11 base built here: debootstrap of Deb
 kind-up: ## create the kind cluster
 	$(KIND) create cluster --config manifests/kind/cluster.yaml
 
-kind-load: ## load our images into the kind cluster
+kind-load: images ## build our images and load them into the kind cluster
 	$(KIND) load docker-image --name $(CLUSTER) $(IMAGE) $(MLFLOW_IMAGE)
 
-deploy: tools ## helm install MinIO, MySQL and MLflow into namespace edgeops
+deploy: tools kind-load ## images into kind, then helm install MinIO, MySQL and MLflow into namespace edgeops
 	$(HELM) upgrade --install $(RELEASE) helm/edgeops --namespace edgeops --create-namespace --wait --timeout 10m
 
 kfp-install: tools ## install Kubeflow Pipelines (upstream, pinned) and wire it to the edgeops release
 	$(KUBECTL) apply -k manifests/kubeflow-pipelines/cluster-scoped
 	$(KUBECTL) wait --for condition=established --timeout=120s crd/applications.app.k8s.io
 	$(KUBECTL) apply -k manifests/kubeflow-pipelines/platform
-	$(KUBECTL) apply -k manifests/edgeops-wiring
-	@# Copy the chart's bucket-limited S3 identities (never the root user, never echoed): pipeline ->
-	@# kubeflow/edgeops-s3-pipeline (ingest); publisher -> edgeops-release/edgeops-s3-publisher (the release
-	@# signer and the heartbeat). No pipeline task gets the publisher identity: promote only requests releases.
-	@set -o pipefail; for copy in kubeflow:pipeline edgeops-release:publisher; do \
-		namespace=$${copy%%:*}; identity=$${copy#*:}; \
-		$(KUBECTL) -n edgeops get secret $(RELEASE)-minio-$$identity -o go-template='access_key={{index .data "access-key" | base64decode}}{{"\n"}}secret_key={{index .data "secret-key" | base64decode}}{{"\n"}}' \
+	@# The wiring (helm/edgeops/templates/wiring/), rendered by the chart with the deployed release's own values, so
+	@# its addresses and Secret names are that release's whatever its name; its CronJobs run the settings' component
+	@# image (EDGEOPS_COMPONENT_IMAGE), as the pipeline tasks do.
+	@set -o pipefail; values=$$(mktemp); trap 'rm -f "$$values"' EXIT; \
+		$(HELM) get values $(RELEASE) --namespace edgeops --output yaml > "$$values" \
+			|| { echo "no Helm release $(RELEASE) in namespace edgeops: run make deploy first"; exit 1; }; \
+		image=$$($(RUN) python -c 'from edgeops.settings import Settings; print(Settings().component_image)') || exit 1; \
+		$(HELM) template $(RELEASE) helm/edgeops --namespace edgeops --values "$$values" --set wiring.enabled=true \
+			--set-string wiring.componentImage="$$image" --show-only 'templates/wiring/*' \
+		| $(KUBECTL) apply -f -
+	@# Copy the chart's bucket-limited S3 identities (never the root user, never echoed) beside the settings
+	@# ConfigMaps that name them (label edgeops.io/s3-identity; annotation edgeops.io/s3-identity-secret, the
+	@# release's Secret as the chart named it): pipeline -> kubeflow/edgeops-s3-pipeline (ingest); publisher ->
+	@# edgeops-release/edgeops-s3-publisher (the release signer and the heartbeat). No pipeline task gets the
+	@# publisher identity: promote only requests releases.
+	@set -o pipefail; copies=$$($(KUBECTL) get configmap --all-namespaces -l edgeops.io/s3-identity -o go-template='{{range .items}}{{.metadata.namespace}}:{{index .metadata.labels "edgeops.io/s3-identity"}}:{{index .metadata.annotations "edgeops.io/s3-identity-secret"}}{{"\n"}}{{end}}') \
+		&& test -n "$$copies" || { echo "the wiring's settings ConfigMaps are missing"; exit 1; }; \
+	for copy in $$copies; do \
+		namespace=$${copy%%:*}; rest=$${copy#*:}; identity=$${rest%%:*}; source=$${rest#*:}; \
+		$(KUBECTL) -n $${source%%/*} get secret $${source#*/} -o go-template='access_key={{index .data "access-key" | base64decode}}{{"\n"}}secret_key={{index .data "secret-key" | base64decode}}{{"\n"}}' \
 		| $(KUBECTL) -n $$namespace create secret generic edgeops-s3-$$identity --from-env-file=/dev/stdin --dry-run=client -o yaml \
 		| $(KUBECTL) apply -f - || exit 1; \
 	done
@@ -154,14 +170,16 @@ KEYS_DIR ?= $(HOME)/.config/edgeops/tuf-keys
 release-keys-secret: tools ## the online signing keys and the root metadata, never the root key, for the release signer and the heartbeat
 	@test -f $(KEYS_DIR)/root.json || { echo "no keys in $(KEYS_DIR): run 'uv run edgeops keys init' first"; exit 1; }
 	@# Namespace edgeops-release only: the cluster refuses this Secret elsewhere, and any other file in it
-	@# (manifests/edgeops-wiring/release-keys-policy.yaml).
+	@# (helm/edgeops/templates/wiring/release-keys-policy.yaml), once kfp-install has put the policy there.
+	@$(KUBECTL) get namespace/edgeops-release validatingadmissionpolicy/edgeops-release-keys-online-only >/dev/null \
+		|| { echo "namespace edgeops-release or its admission policy is missing: run 'make kfp-install' first"; exit 1; }
 	@set -o pipefail; files=$$(cd $(KEYS_DIR) && ls root.json [0-9]*.root.json targets*.pem snapshot*.pem timestamp*.pem 2>/dev/null); \
 		$(KUBECTL) -n edgeops-release create secret generic edgeops-release-keys $$(printf -- '--from-file=$(KEYS_DIR)/%s ' $$files) \
 		--dry-run=client -o yaml | $(KUBECTL) apply -f -
 
-pipeline-run: compile ## upload the cluster pipeline and start a run through the KFP API
+pipeline-run: compile ## upload the cluster pipeline and start a run on a track (DATASET=mat|pmd) through the KFP API
 	@$(KUBECTL) -n kubeflow port-forward svc/ml-pipeline-ui 8080:80 >/dev/null 2>&1 & forward=$$!; \
-		trap "kill $$forward" EXIT; sleep 3; $(RUN) edgeops pipeline submit
+		trap "kill $$forward" EXIT; sleep 3; $(RUN) edgeops pipeline submit --dataset $(DATASET)
 	@echo "keep the UI reachable with: kubectl -n kubeflow port-forward svc/ml-pipeline-ui 8080:80"
 
 kind-down: ## delete the kind cluster

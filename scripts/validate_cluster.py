@@ -88,7 +88,7 @@ def check_kustomizations() -> int:
 
 
 def check_dockerfiles() -> int:
-    dockerfiles = sorted((REPO / "images").rglob("Dockerfile"))
+    dockerfiles = sorted([*(REPO / "images").rglob("Dockerfile"), *(REPO / "tests" / "images").rglob("Dockerfile")])
     done = subprocess.run([tool("hadolint"), *map(str, dockerfiles)], capture_output=True, text=True)
     if done.returncode != 0:
         errors.append(f"hadolint:\n{done.stdout}{done.stderr}")

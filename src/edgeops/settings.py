@@ -116,6 +116,9 @@ class PmdDataConfig(BaseModel):
     root: Path = Path("../shared/data/pmd")
     experiment: str = "experiment-i"
     release_url: str = "https://physionet.org/files/pmd/1.0.0/"
+    # Where `edgeops data upload pmd` puts a copy of `root` in the raw bucket (the same layout, SHA256SUMS.txt
+    # last), and where ingest fetches the chosen subjects from when `root` holds no data, as in a cluster pod.
+    bucket_prefix: str = "sources/pmd"
     rows: int = 64
     cols: int = 32
     # Sensor full scale: the PhysioNet README says 0-1000, but the files are 12-bit (69 % of frames

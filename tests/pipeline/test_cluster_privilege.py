@@ -1,6 +1,6 @@
-"""Least privilege on a cluster, checked on what would be applied: the Helm chart as rendered, the
-kustomize wiring as rendered, the cluster pipeline as compiled, the Makefile's recipes as run against a
-stand-in kubectl (docs/cluster-security.md).
+"""Least privilege on a cluster, checked on what would be applied: the Helm chart as rendered, its wiring
+around KFP as `make kfp-install` renders it, the cluster pipeline as compiled, the Makefile's recipes as run
+against a stand-in kubectl (docs/cluster-security.md).
 
 - no KFP task mounts the release keys or the publisher identity; promote only requests a release
   (EDGEOPS_RELEASE__SIGNED_BY=signer), and nothing in `kubeflow` names the keys Secret;
@@ -14,11 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +26,17 @@ from edgeops.errors import EdgeopsError
 from edgeops.pipeline.cluster import TASK_S3_IDENTITY, task_secrets
 from edgeops.settings import ClusterConfig
 from tests.conftest import REPO
+from tests.support.cluster import (
+    WIRING,
+    by_kind,
+    created_secrets,
+    helm_template,
+    kustomize,
+    pod_spec,
+    read_secrets,
+    run_recipe,
+    secret_refs,
+)
 
 CLUSTER = ClusterConfig()
 STAGES = ["ingest", "train", "export", "benchmark", "verify", "promote"]
@@ -38,58 +45,9 @@ KFP_ARTIFACT_SECRET = "mlpipeline-minio-artifact"  # the one Secret KFP's launch
 IDENTITY_BUCKETS = {"pipeline": "raw", "publisher": "ota", "mlflow": "mlflow"}
 ROOT_SECRET = "edgeops-minio"  # release `edgeops`: the chart's generated root credentials
 KFP_NAMESPACE = CLUSTER.kfp_namespace
-RELEASE_NAMESPACE = "edgeops-release"  # the release signer's namespace (manifests/edgeops-wiring)
+RELEASE_NAMESPACE = "edgeops-release"  # the release signer's namespace (helm/edgeops/templates/wiring)
 # What only the release signer and the heartbeat may hold, never a KFP task.
 SIGNING_SECRETS = {CLUSTER.release_keys_secret, CLUSTER.publisher_s3_secret}
-
-
-def tool(name: str, *candidates: Path) -> str:
-    for found in (shutil.which(name), *map(str, candidates)):
-        if found and Path(found).is_file() and os.access(found, os.X_OK):
-            return found
-    pytest.skip(f"{name} not installed (`make tools`)")
-
-
-def rendered(command: list[str]) -> list[dict[str, Any]]:
-    """The Kubernetes objects a rendering command (kustomize, helm template) prints."""
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    return [document for document in yaml.safe_load_all(done.stdout) if document]
-
-
-def kustomize(directory: Path) -> list[dict[str, Any]]:
-    kubectl = tool("kubectl", Path(sys.executable).parent / "kubectl")
-    return rendered([kubectl, "kustomize", "--load-restrictor", "LoadRestrictionsNone", str(directory)])
-
-
-def helm_template(*values: Path) -> list[dict[str, Any]]:
-    helm = os.environ.get("HELM") or tool("helm", REPO / ".tools" / "bin" / "helm")
-    extra = [argument for path in values for argument in ("--values", str(path))]
-    return rendered([helm, "template", "edgeops", str(REPO / "helm" / "edgeops"), "--namespace", "edgeops", *extra])
-
-
-def pod_spec(obj: dict[str, Any]) -> dict[str, Any]:
-    spec = obj["spec"]
-    if obj["kind"] == "CronJob":
-        spec = spec["jobTemplate"]["spec"]
-    return spec["template"]["spec"] if "template" in spec else spec
-
-
-def secret_refs(spec: dict[str, Any]) -> set[tuple[str, str]]:
-    """(Secret, key) of every secretKeyRef in a pod; a whole-Secret envFrom is (Secret, "*")."""
-    refs = set()
-    for container in [*spec.get("initContainers", []), *spec.get("containers", [])]:
-        for env in container.get("env", []):
-            if ref := env.get("valueFrom", {}).get("secretKeyRef"):
-                refs.add((ref["name"], ref["key"]))
-        for source in container.get("envFrom", []):
-            if ref := source.get("secretRef"):
-                refs.add((ref["name"], "*"))
-    return refs
-
-
-def by_kind(objects: list[dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    return {obj["metadata"]["name"]: obj for obj in objects if obj["kind"] == kind}
 
 
 # --- the pipeline tasks ---------------------------------------------------------------------------
@@ -150,42 +108,6 @@ def test_cluster_pipeline_mounts_no_keys_and_no_publisher_identity(tmp_path: Pat
         assert secret not in committed, f"pipelines/edgeops_cluster.yaml names {secret}"
 
 
-def run_recipe(target: str, tmp_path: Path, *variables: str) -> list[list[str]]:
-    """Run a Makefile recipe against a stand-in kubectl; return the arguments of each kubectl call."""
-    make = tool("make")
-    log = tmp_path / "kubectl.log"
-    kubectl = tmp_path / "kubectl"
-    kubectl.write_text(
-        "#!/bin/sh\n"
-        f"printf '%s\\0' \"$@\" >> '{log}'; printf '\\n' >> '{log}'\n"
-        'case "$*" in *"get secret"*) printf \'access_key=a\\nsecret_key=b\\n\';; esac\n'
-        'case "$*" in *"-f -"*|*"/dev/stdin"*) cat > /dev/null;; esac\n'
-    )
-    kubectl.chmod(0o755)
-    done = subprocess.run(
-        [make, "--no-print-directory", "-s", "-o", "tools", target, f"KUBECTL={kubectl}", *variables],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env={key: value for key, value in os.environ.items() if not key.startswith("MAKE")},
-    )
-    assert done.returncode == 0, done.stdout + done.stderr
-    calls = [line.split("\0")[:-1] for line in log.read_text().splitlines() if line]
-    assert calls, f"make {target} never called kubectl"
-    return calls
-
-
-def created_secrets(calls: list[list[str]]) -> set[tuple[str, str]]:
-    """(namespace, name) of every `kubectl -n NS create secret generic NAME`."""
-    return {
-        (call[call.index("-n") + 1], call[call.index("generic") + 1])
-        for call in calls
-        if "create" in call and "secret" in call and "generic" in call
-    }
-
-
 def test_kfp_install_copies_publisher_to_the_release_namespace_only(tmp_path: Path) -> None:
     makefile = (REPO / "Makefile").read_text()
     recipe = makefile.split("\nkfp-install:", 1)[1].split("\n\n", 1)[0]
@@ -193,13 +115,15 @@ def test_kfp_install_copies_publisher_to_the_release_namespace_only(tmp_path: Pa
         "make kfp-install copies MinIO's root credentials into the Secret pipeline tasks mount; "
         "copy the chart's per-workload identities (edgeops-minio-pipeline, edgeops-minio-publisher) instead"
     )
-    calls = run_recipe("kfp-install", tmp_path)
+    calls = run_recipe("kfp-install", tmp_path).calls
     assert created_secrets(calls) == {
         (KFP_NAMESPACE, CLUSTER.s3_secret),
         (RELEASE_NAMESPACE, CLUSTER.publisher_s3_secret),
     }
-    read = {call[call.index("secret") + 1] for call in calls if "get" in call and "secret" in call}
-    assert read == {"edgeops-minio-pipeline", "edgeops-minio-publisher"}, "only the per-workload identities"
+    read = read_secrets(calls)
+    assert read == {("edgeops", "edgeops-minio-pipeline"), ("edgeops", "edgeops-minio-publisher")}, (
+        "only the per-workload identities"
+    )
 
 
 def test_release_keys_secret_goes_to_the_release_namespace_with_online_keys_only(tmp_path: Path) -> None:
@@ -208,19 +132,19 @@ def test_release_keys_secret_goes_to_the_release_namespace_with_online_keys_only
     online = ["root.json", "1.root.json", "targets-0123456789abcdef.pem", "snapshot.pem", "timestamp.pem"]
     for name in [*online, "root.pem", "root-0123456789abcdef.pem", "notes.txt"]:
         (keys / name).write_text("x")
-    calls = run_recipe("release-keys-secret", tmp_path, f"KEYS_DIR={keys}")
+    calls = run_recipe("release-keys-secret", tmp_path, f"KEYS_DIR={keys}").calls
     assert created_secrets(calls) == {(RELEASE_NAMESPACE, CLUSTER.release_keys_secret)}
     (create,) = [call for call in calls if "create" in call]
     files = {argument.split("=", 1)[1] for argument in create if argument.startswith("--from-file=")}
     assert {Path(file).name for file in files} == set(online)
 
 
-# --- the kustomize wiring: heartbeat and RBAC -----------------------------------------------------
+# --- the wiring around KFP, as the chart renders it for `make kfp-install`: signer, heartbeat, RBAC ----------
 
 
 @pytest.fixture(scope="module")
 def wiring() -> list[dict[str, Any]]:
-    return kustomize(REPO / "manifests" / "edgeops-wiring")
+    return helm_template(sets=["wiring.enabled=true"], show_only=WIRING)
 
 
 RELEASE_JOBS = {

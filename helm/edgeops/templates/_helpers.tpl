@@ -273,3 +273,66 @@ imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
+
+{{/*
+In-cluster tracking URI of the chart's MLflow.
+*/}}
+{{- define "edgeops.mlflow.trackingUri" -}}
+{{- printf "http://%s.%s.svc.%s:%d" (include "edgeops.mlflow.fullname" .) .Release.Namespace .Values.clusterDomain (int .Values.mlflow.service.port) }}
+{{- end }}
+
+{{/*
+The wiring around Kubeflow Pipelines (templates/wiring/, rendered when wiring.enabled): the namespace of KFP's
+pipeline tasks and the release signer's namespace. Fixed names: the compiled cluster pipeline
+(edgeops.settings.ClusterConfig), the admission policy and `make kfp-install` refer to them.
+*/}}
+{{- define "edgeops.wiring.kfpNamespace" -}}
+kubeflow
+{{- end }}
+
+{{- define "edgeops.wiring.releaseNamespace" -}}
+edgeops-release
+{{- end }}
+
+{{/*
+The copy of one S3 identity that `make kfp-install` makes beside the workloads of another namespace (keys
+access_key, secret_key; ClusterConfig.s3_secret and publisher_s3_secret). Call with the identity's name.
+*/}}
+{{- define "edgeops.wiring.s3Secret" -}}
+{{- printf "edgeops-s3-%s" . }}
+{{- end }}
+
+{{/*
+The online TUF keys and root metadata (`make release-keys-secret`; ClusterConfig.release_keys_secret).
+*/}}
+{{- define "edgeops.wiring.releaseKeysSecret" -}}
+edgeops-release-keys
+{{- end }}
+
+{{/*
+What the wiring needs from the rest of the chart, checked before anything renders: MLflow, and an S3 identity
+Secret the chart generates (or one named under minio.identities) for the pipeline and the publisher.
+*/}}
+{{- define "edgeops.wiring.check" -}}
+{{- if not .Values.mlflow.enabled }}
+{{- fail "wiring.enabled needs mlflow.enabled: pipeline tasks and the release signer talk to the chart's MLflow" }}
+{{- end }}
+{{- range $identity := list "pipeline" "publisher" }}
+{{- if not (or $.Values.minio.enabled (index $.Values.minio.identities $identity).existingSecret) }}
+{{- fail (printf "wiring.enabled with minio.enabled false needs minio.identities.%s.existingSecret" $identity) }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of a settings ConfigMap of the wiring: which S3 identity the workloads of its namespace get, and,
+as an annotation, the release's Secret `make kfp-install` copies it from (<namespace>/<name>).
+Call with (dict "ctx" $ "identity" "pipeline").
+*/}}
+{{- define "edgeops.wiring.identityMetadata" -}}
+labels:
+  {{- include "edgeops.componentLabels" (dict "ctx" .ctx "component" "wiring") | nindent 2 }}
+  edgeops.io/s3-identity: {{ .identity }}
+annotations:
+  edgeops.io/s3-identity-secret: {{ printf "%s/%s" .ctx.Release.Namespace (include "edgeops.minio.identitySecretName" (dict "ctx" .ctx "identity" .identity)) }}
+{{- end }}

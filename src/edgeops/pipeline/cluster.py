@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 class S3Identity(StrEnum):
     """The object store identities a KFP task can get; none of them is the root user. The `publisher`
     identity (the OTA bucket) is not among them: only the release signer and the heartbeat hold it, in
-    namespace edgeops-release (manifests/edgeops-wiring, docs/cluster-security.md)."""
+    namespace edgeops-release (helm/edgeops/templates/wiring, docs/cluster-security.md)."""
 
     pipeline = "pipeline"  # objects in the raw bucket
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import boto3
@@ -61,15 +62,19 @@ def put_conditionally(
     *,
     if_match: str | None = None,
     cache_control: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> str | None:
     """Write an object only if the key is free (or, with `if_match`, still holds that ETag).
 
     Returns the new ETag, or None when another writer got there first: a
     conditional write, so two writers racing for one key cannot both win.
+    `metadata` becomes the object's user metadata (x-amz-meta-*).
     """
     condition: dict[str, Any] = {"IfMatch": if_match} if if_match else {"IfNoneMatch": "*"}
     if cache_control:
         condition["CacheControl"] = cache_control
+    if metadata:
+        condition["Metadata"] = dict(metadata)
     try:
         response = s3.put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type, **condition)
     except ClientError as error:
@@ -80,6 +85,26 @@ def put_conditionally(
 
 
 def put_if_absent(
-    s3: S3Client, bucket: str, key: str, body: bytes, content_type: str, cache_control: str | None = None
+    s3: S3Client,
+    bucket: str,
+    key: str,
+    body: bytes,
+    content_type: str,
+    cache_control: str | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> bool:
-    return put_conditionally(s3, bucket, key, body, content_type, cache_control=cache_control) is not None
+    return (
+        put_conditionally(s3, bucket, key, body, content_type, cache_control=cache_control, metadata=metadata)
+        is not None
+    )
+
+
+def metadata_if_present(s3: S3Client, bucket: str, key: str) -> dict[str, str] | None:
+    """An object's user metadata (x-amz-meta-*, keys lowercase), or None when there is no such object."""
+    try:
+        response = s3.head_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if error_code(error) in MISSING:
+            return None
+        raise
+    return {name.lower(): value for name, value in response.get("Metadata", {}).items()}

@@ -178,6 +178,8 @@ def mlflow_service(settings: Settings) -> Service:
             "AWS_ACCESS_KEY_ID": access_key,
             "AWS_SECRET_ACCESS_KEY": secret_key,
             "AWS_DEFAULT_REGION": settings.s3_region,
+            # MLflow 3's job runner and its seven huey consumers (about 0.7 GB): edgeops submits no jobs.
+            "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         },
     )
 

@@ -1,7 +1,8 @@
 """Ingest: build the track's versioned dataset, archive it to the raw bucket, open the pipeline run in MLflow.
 
 The track's adapter (`edgeops.datasets`) reads, validates and splits; this stage does all the
-S3 and MLflow work, with one client each.
+S3 and MLflow work, with one client each. PMD not on disk (a cluster pod) comes from the copy
+`edgeops data upload pmd` put in the raw bucket, fetched into scratch space first.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from edgeops.settings import Dataset, Settings, check_name, parse_choice
 from edgeops.stack import tracking
 from edgeops.stack.s3 import put_if_absent, s3_client
 from edgeops.stack.sessions import fetch_session
+from edgeops.stack.sources import fetch_pmd, on_disk, source_uri
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -34,8 +36,10 @@ def ingest(
     """Build `dataset`, archive raw files and the dataset, open the MLflow run every later stage logs into.
 
     `manifest` (mat) lists the recordings, as a path or the `s3://` URI `edgeops record --upload` prints;
-    `model_name` defaults to the track's. Nothing is written to `out_dir` or S3 unless the data is valid and
-    `model_name` a valid name; a manifest key or entry that would leave its directory is refused.
+    `model_name` defaults to the track's. PMD is read from `settings.pmd.data.root`, or, when that holds no
+    data, from the raw bucket's copy (`edgeops.stack.sources`). Nothing is written to `out_dir` or S3 unless
+    the data is valid and `model_name` a valid name; a manifest key or entry that would leave its directory is
+    refused.
     """
     track = settings.track(parse_choice(Dataset, dataset))
     model_name = check_name("model_name", track.model_name if model_name is None else model_name)
@@ -45,7 +49,15 @@ def ingest(
             s3 = s3_client(settings)
             directory = Path(scratch.enter_context(tempfile.TemporaryDirectory()))
             manifest = fetch_session(str(manifest), directory, s3)
-        built = adapter_for(track.dataset, settings, Path(manifest) if manifest else None).build()  # validates
+        source = settings
+        if track.dataset == Dataset.pmd and not on_disk(settings.pmd.data):
+            s3 = s3 or s3_client(settings)
+            directory = Path(scratch.enter_context(tempfile.TemporaryDirectory()))
+            fetched = fetch_pmd(settings.pmd.data, directory, s3, settings.raw_bucket)
+            source = settings.model_copy(update={"pmd": settings.pmd.model_copy(update={"data": fetched})})
+        built = adapter_for(track.dataset, source, Path(manifest) if manifest else None).build()  # validates
+        if source is not settings:  # where the data came from, not the scratch directory it was read in
+            built.params["pmd.root"] = source_uri(settings.pmd.data, settings.raw_bucket)
         save_splits(built.splits, out_dir)
         publish_dataset(built, out_dir, s3 or s3_client(settings), settings, track.experiment, model_name)
     return built.record
