@@ -343,7 +343,9 @@ def test_mlflow_serves_ui_api_and_proxies_artifacts_to_s3(
     assert backing.s3.client("mlflow").get_object(Bucket=bucket, Key=landed[0])["Body"].read() == body
     # Downloads: MLflow 3 clients ask the server for a presigned URL on its own S3 endpoint (the chart's MinIO
     # Service name, so only clients inside the cluster can follow it) unless told to stay on the proxy.
-    presigned = get_artifact_repository(run.info.artifact_uri)._get_presigned_download_url("proof.txt")
+    # The tracking URI is explicit: an earlier test's mlflow.set_tracking_uri() outranks MLFLOW_TRACKING_URI.
+    repository = get_artifact_repository(run.info.artifact_uri, tracking_uri=url)
+    presigned = repository._get_presigned_download_url("proof.txt")
     s3_endpoint = urllib.parse.urlsplit(mlflow_server.run.env["MLFLOW_S3_ENDPOINT_URL"])
     link = urllib.parse.urlsplit(presigned.url)
     assert link.netloc == s3_endpoint.netloc, presigned.url
