@@ -43,19 +43,26 @@ class PipelineRun(BaseModel):
     signed: list[str] = []  # docker: what this machine's signer did with promote's release requests
 
 
-@contextlib.contextmanager
-def task_environment(settings: Settings) -> Iterator[None]:
-    """Tasks inherit this process's environment, as pods get theirs from Secrets on a cluster."""
+def stack_environment(settings: Settings) -> dict[str, str]:
+    """What every task needs in either runner: the stack's endpoints, its S3 identity, the PMD data."""
     access_key, secret_key = settings.credentials
-    task_env = {
+    return {
         "EDGEOPS_S3_ACCESS_KEY": access_key,
         "EDGEOPS_S3_SECRET_KEY": secret_key,
         "EDGEOPS_S3_ENDPOINT": settings.s3_url,
         "EDGEOPS_MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "EDGEOPS_STATE_DIR": str(settings.state_dir.resolve()),
-        "EDGEOPS_RELEASE__KEYS_DIR": str(settings.release.keys_dir.expanduser().resolve()),
         "EDGEOPS_PMD__DATA__ROOT": str(settings.pmd.data.root.resolve()),
         "PYTHONWARNINGS": "ignore::FutureWarning",
+    }
+
+
+@contextlib.contextmanager
+def task_environment(settings: Settings) -> Iterator[None]:
+    """Tasks inherit this process's environment, as pods get theirs from Secrets on a cluster."""
+    task_env = {
+        **stack_environment(settings),
+        "EDGEOPS_STATE_DIR": str(settings.state_dir.resolve()),
+        "EDGEOPS_RELEASE__KEYS_DIR": str(settings.release.keys_dir.expanduser().resolve()),
     }
     saved = {name: os.environ.get(name) for name in task_env}
     os.environ.update(task_env)
@@ -112,17 +119,8 @@ def docker_runner(settings: Settings, read_only_paths: list[Path]) -> Any:
     from docker.types import Mount
     from kfp import local
 
-    access_key, secret_key = settings.credentials
     config = settings.local_runner
-    environment = {
-        "EDGEOPS_S3_ACCESS_KEY": access_key,
-        "EDGEOPS_S3_SECRET_KEY": secret_key,
-        "EDGEOPS_S3_ENDPOINT": settings.s3_url,
-        "EDGEOPS_MLFLOW_TRACKING_URI": settings.tracking_uri,
-        "EDGEOPS_RELEASE__SIGNED_BY": "signer",
-        "EDGEOPS_PMD__DATA__ROOT": str(settings.pmd.data.root.resolve()),
-        "PYTHONWARNINGS": "ignore::FutureWarning",
-    }
+    environment = {**stack_environment(settings), "EDGEOPS_RELEASE__SIGNED_BY": "signer"}
     mounts = [
         Mount(target=str(path), source=str(path), type="bind", read_only=True)
         for path in sorted({path.resolve() for path in read_only_paths if path.exists()})
