@@ -26,7 +26,6 @@ Without a Docker daemon the container tests skip, except in CI (`CI` set), where
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import time
 import urllib.parse
@@ -42,8 +41,8 @@ import yaml
 
 from edgeops import images as names
 from edgeops.settings import ClusterConfig, ReleaseConfig
-from tests.conftest import REPO, free_ports
-from tests.support import pods, stand_ins
+from tests.conftest import REPO, free_ports, unavailable
+from tests.support import cluster, pods, stand_ins
 
 CLUSTER = ClusterConfig()
 RELEASE, NAMESPACE = CLUSTER.helm_release, CLUSTER.helm_namespace
@@ -54,16 +53,6 @@ HELM_TEST_HOOK = "helm.sh/hook"
 # The `helm test` check that only MinIO itself can pass: SeaweedFS has no MinIO health endpoint.
 MINIO_ONLY_CHECKS = ("/minio/health/",)
 FIGURES: list[str] = []
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in {"", "0", "false", "no"}
-
-
-def _unavailable(message: str) -> None:
-    if _in_ci():
-        pytest.fail(f"{message} (CI is set, so this test must not be skipped)", pytrace=False)
-    pytest.skip(message)
 
 
 def role(workload: pods.Workload, container: dict[str, Any]) -> str | None:
@@ -88,21 +77,6 @@ def workload_of(objects: pods.Objects, wanted: str) -> tuple[pods.Workload, dict
 
 
 # --- rendering ----------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Tools:
-    helm: str
-    kubectl: str | None
-
-
-@pytest.fixture(scope="module")
-def tools() -> Tools:
-    helm = os.environ.get("HELM") or pods.find_tool("helm", REPO / ".tools" / "bin" / "helm")
-    if not helm:
-        _unavailable("helm not installed (`make tools`)")
-    kubectl = pods.find_tool("kubectl", REPO / ".venv" / "bin" / "kubectl")
-    return Tools(str(helm), kubectl)
 
 
 @dataclass(frozen=True)
@@ -141,31 +115,28 @@ def chart_values(ports: Ports | None) -> dict[str, Any]:
     return values
 
 
+def render(values: dict[str, Any], scratch: Path) -> pods.Objects:
+    """The chart as `helm template` renders it with `values` (nested, as in a values file) on its defaults."""
+    scratch.mkdir(parents=True, exist_ok=True)
+    values_file = scratch / f"values-{uuid.uuid4().hex[:8]}.yaml"
+    values_file.write_text(yaml.safe_dump(values, sort_keys=False))
+    return pods.Objects(cluster.helm_template(values_file, release=RELEASE), "helm/edgeops", NAMESPACE)
+
+
 @pytest.fixture(scope="module")
-def chart(tools: Tools, ports: Ports, tmp_path_factory: pytest.TempPathFactory) -> pods.Objects:
-    scratch = tmp_path_factory.mktemp("render")
-    items = pods.helm_template(tools.helm, CHART, RELEASE, NAMESPACE, chart_values(ports), scratch)
-    return pods.Objects(items, source="helm/edgeops", default_namespace=NAMESPACE)
+def chart(ports: Ports, tmp_path_factory: pytest.TempPathFactory) -> pods.Objects:
+    return render(chart_values(ports), tmp_path_factory.mktemp("render"))
 
 
-def every_rendering(tools: Tools, scratch: Path) -> list[pods.Objects]:
+def every_rendering(scratch: Path) -> list[pods.Objects]:
     """The chart with default ports (wiring and `helm test` on), and every local kustomization under manifests/."""
-    renderings = [
-        pods.Objects(
-            pods.helm_template(tools.helm, CHART, RELEASE, NAMESPACE, chart_values(None), scratch),
-            source="helm/edgeops",
-            default_namespace=NAMESPACE,
-        )
-    ]
+    renderings = [render(chart_values(None), scratch)]
     for kustomization in sorted((REPO / "manifests").rglob("kustomization.yaml")):
         resources = (yaml.safe_load(kustomization.read_text()) or {}).get("resources") or []
         if any("://" in str(resource) for resource in resources):
             continue  # upstream bases (Kubeflow Pipelines): not ours, and not renderable offline
-        if tools.kubectl is None:
-            _unavailable("kubectl not installed (`make tools`)")
-        assert tools.kubectl is not None
         source = str(kustomization.parent.relative_to(REPO))
-        renderings.append(pods.Objects(pods.kustomize(tools.kubectl, kustomization.parent), source, "default"))
+        renderings.append(pods.Objects(cluster.kustomize(kustomization.parent), source, "default"))
     return renderings
 
 
@@ -188,12 +159,12 @@ def docker_client() -> Iterator[Any]:
         import docker
         from docker.errors import DockerException
     except ImportError:
-        _unavailable("the docker Python package is not installed")
+        unavailable("the docker Python package is not installed")
     try:
         client = docker.from_env()
         client.ping()
     except DockerException as error:
-        _unavailable(f"no Docker daemon answers ({error}); run the tests with `make pytest`")
+        unavailable(f"no Docker daemon answers ({error}); run the tests with `make pytest`")
     yield client
     leftovers = client.containers.list(all=True, filters={"label": pods.TEST_LABEL})
     for container in leftovers:
@@ -506,10 +477,10 @@ def test_release_signer_cronjob_reads_its_keys_and_mlflow(
 # --- what is and is not run ---------------------------------------------------------------------------------
 
 
-def test_every_container_of_ours_is_run_here(tools: Tools, tmp_path: Path) -> None:
+def test_every_container_of_ours_is_run_here(tmp_path: Path) -> None:
     """A workload added with one of our images fails here until a test above runs it."""
     seen: dict[str, list[str]] = {}
-    for objects in every_rendering(tools, tmp_path):
+    for objects in every_rendering(tmp_path):
         for workload in objects.workloads():
             for _, container in workload.containers():
                 if not str(container["image"]).startswith(OURS):
@@ -522,12 +493,12 @@ def test_every_container_of_ours_is_run_here(tools: Tools, tmp_path: Path) -> No
     assert set(seen) == {"mlflow init", "mlflow", "helm test", "heartbeat", "signer"}, seen
 
 
-def test_third_party_containers_are_documented_and_check_offline(tools: Tools, tmp_path: Path) -> None:
+def test_third_party_containers_are_documented_and_check_offline(tmp_path: Path) -> None:
     """MinIO, MySQL and mc cannot be pulled here: each image is named in docs/kubernetes.md, every shell script
     they run (commands, args, exec probes) parses with `sh -n`, and their env resolves from the rendered objects."""
     docs = (REPO / "docs" / "kubernetes.md").read_text()
     checked: list[str] = []
-    for objects in every_rendering(tools, tmp_path):
+    for objects in every_rendering(tmp_path):
         for workload in objects.workloads():
             for _, container in workload.containers():
                 image = str(container["image"])

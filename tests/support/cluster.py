@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
 import yaml
 
-from tests.conftest import REPO
+from tests.conftest import REPO, unavailable
 
 CHART = REPO / "helm" / "edgeops"
 NAMESPACE = "edgeops"  # the chart's namespace (`make deploy`)
@@ -27,7 +26,8 @@ def tool(name: str, *candidates: Path) -> str:
     for found in (shutil.which(name), *map(str, candidates)):
         if found and Path(found).is_file() and os.access(found, os.X_OK):
             return found
-    pytest.skip(f"{name} not installed (`make tools`)")
+    unavailable(f"{name} not installed (`make tools`)")
+    raise AssertionError("unreachable")
 
 
 def helm_bin() -> str:

@@ -1,6 +1,6 @@
 """Rendered Kubernetes pods, run with Docker as a kubelet would run them, as far as one host allows.
 
-`helm_template` and `kustomize` render objects; `Objects` indexes them (and Secrets a test adds, such as
+`tests.support.cluster` renders objects; `Objects` indexes them (and Secrets a test adds, such as
 the ones `make kfp-install` would copy); `Objects.workloads()` lists every pod template with its containers.
 `container_run` turns one container of a workload into `ContainerRun.kwargs` for docker-py's
 `containers.run`, resolving what the kubelet would:
@@ -40,9 +40,7 @@ import contextlib
 import os
 import re
 import shlex
-import shutil
 import socket
-import subprocess
 import time
 import urllib.error
 import urllib.request
@@ -54,13 +52,10 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 POD_TEMPLATE_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job")
 # Where the kubelet's address for a pod would be: the Host header of an httpGet probe names it.
 POD_IP = "10.244.0.10"
 TEST_LABEL = "io.edgeops.test"  # on every container this module starts, to find leftovers
-RENDER_TIMEOUT_S = 120
 
 
 class UnsupportedField(Exception):
@@ -76,36 +71,6 @@ class PodSpecError(Exception):
 
 
 # --- rendering ----------------------------------------------------------------------------------------------
-
-
-def find_tool(name: str, *candidates: Path) -> str | None:
-    for found in (shutil.which(name), *map(str, candidates)):
-        if found and Path(found).is_file() and os.access(found, os.X_OK):
-            return found
-    return None
-
-
-def _documents(command: list[str], what: str) -> list[dict[str, Any]]:
-    done = subprocess.run(command, capture_output=True, text=True, timeout=RENDER_TIMEOUT_S, check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"{what} failed ({done.returncode}): {done.stderr.strip()}")
-    return [document for document in yaml.safe_load_all(done.stdout) if isinstance(document, dict)]
-
-
-def helm_template(
-    helm: str, chart: Path, release: str, namespace: str, values: Mapping[str, Any], scratch: Path
-) -> list[dict[str, Any]]:
-    """`helm template` of `chart` with `values` (nested, as in a values file) on top of its defaults."""
-    scratch.mkdir(parents=True, exist_ok=True)
-    values_file = scratch / f"values-{uuid.uuid4().hex[:8]}.yaml"
-    values_file.write_text(yaml.safe_dump(dict(values), sort_keys=False))
-    command = [helm, "template", release, str(chart), "--namespace", namespace, "--values", str(values_file)]
-    return _documents(command, f"helm template {chart.name}")
-
-
-def kustomize(kubectl: str, directory: Path) -> list[dict[str, Any]]:
-    """`kubectl kustomize` of a local kustomization."""
-    return _documents([kubectl, "kustomize", str(directory)], f"kubectl kustomize {directory.name}")
 
 
 # --- the rendered objects -----------------------------------------------------------------------------------
