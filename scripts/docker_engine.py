@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,8 +22,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.system import apt_install, find, root_prefix
+
 PACKAGES = ("docker.io",)
-EXTRA_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
 DEFAULT_DATA_ROOT = Path.home() / ".cache" / "edgeops" / "docker"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -32,10 +33,6 @@ STOP_TIMEOUT_S = 30.0
 
 class EngineError(RuntimeError):
     pass
-
-
-def find(name: str) -> str | None:
-    return shutil.which(name, path=os.pathsep.join([os.environ.get("PATH", ""), *EXTRA_DIRS]))
 
 
 def client() -> str:
@@ -72,36 +69,29 @@ def answers(host: str | None) -> bool:
 
 
 def _as_root() -> list[str]:
-    if os.geteuid() == 0:
-        return []
-    sudo = shutil.which("sudo")
-    if not sudo:
-        raise EngineError("installing and starting dockerd needs root, and sudo is not available")
-    return [sudo, "-E"]
+    prefix = root_prefix()
+    if prefix is None:
+        raise EngineError("starting dockerd needs root, and sudo is not available")
+    return prefix
+
+
+def answering() -> str | None:
+    """The DOCKER_HOST of a daemon that already answers ("" for the CLI's default socket), else None."""
+    host = os.environ.get("DOCKER_HOST")
+    if host and answers(host):
+        return host
+    return "" if answers(None) else None
 
 
 def install() -> int:
     """Install docker.io with apt-get unless a daemon answers or dockerd is already installed."""
-    if (os.environ.get("DOCKER_HOST") and answers(os.environ["DOCKER_HOST"])) or answers(None):
+    if answering() is not None:
         print("a Docker daemon answers: using it")
         return 0
     if find("dockerd") and Path("/usr/bin/docker").exists():
         print(f"dockerd already installed: {find('dockerd')}")
         return 0
-    apt = shutil.which("apt-get")
-    if not apt:
-        print("error: no Docker daemon answers and there is no apt-get; install Docker Engine", file=sys.stderr)
-        return 1
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        [*_as_root(), apt, "update", "-q"],
-        [*_as_root(), apt, "install", "-y", "-q", "--no-install-recommends", *PACKAGES],
-    ):
-        print("+ " + " ".join(command), flush=True)
-        if subprocess.run(command, env=env, check=False).returncode != 0:
-            print(f"error: `{' '.join(command)}` failed; {' '.join(PACKAGES)} is not installed", file=sys.stderr)
-            return 1
-    return 0
+    return apt_install(*PACKAGES)
 
 
 def _tail(path: Path, lines: int = 20) -> str:
@@ -113,10 +103,10 @@ def _tail(path: Path, lines: int = 20) -> str:
 @contextlib.contextmanager
 def engine(data_root: Path) -> Iterator[str]:
     """Yield a DOCKER_HOST that answers: an existing daemon, or a dockerd started here and stopped on exit."""
-    for existing in (os.environ.get("DOCKER_HOST"), None):
-        if (existing or existing is None) and answers(existing):
-            yield existing or ""
-            return
+    existing = answering()
+    if existing is not None:
+        yield existing
+        return
     dockerd = find("dockerd")
     if not dockerd:
         raise EngineError("no Docker daemon answers and dockerd is not installed: run `make docker-engine`")

@@ -21,11 +21,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.system import apt_install, find
+
 PACKAGE = "mariadb-server"
 SERVER_NAMES = ("mariadbd", "mysqld")
 INSTALL_DB_NAMES = ("mariadb-install-db", "mysql_install_db")
-# mariadbd lives in /usr/sbin, which is not on every user's PATH.
-EXTRA_DIRS = ("/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin")
 DATABASE = "mlflow"
 USER = "mlflow"
 MAX_SOCKET_PATH = 100  # sun_path holds 108 bytes
@@ -35,55 +36,20 @@ class MariaDBError(RuntimeError):
     pass
 
 
-def find(names: tuple[str, ...]) -> str | None:
-    """The first of `names` on PATH or in the usual system directories."""
-    search = os.pathsep.join([os.environ.get("PATH", ""), *EXTRA_DIRS])
-    for name in names:
-        found = shutil.which(name, path=search)
-        if found:
-            return found
-    return None
-
-
 def installed() -> bool:
-    return find(SERVER_NAMES) is not None
+    return find(*SERVER_NAMES) is not None
 
 
 def install() -> int:
     """Install mariadb-server with apt-get unless a server binary is already there."""
-    present = find(SERVER_NAMES)
+    present = find(*SERVER_NAMES)
     if present:
         print(f"MariaDB/MySQL server already installed: {present}")
         return 0
-    apt = shutil.which("apt-get")
-    if not apt:
-        print(
-            f"error: neither {' nor '.join(SERVER_NAMES)} found and there is no apt-get; "
-            f"install {PACKAGE} (or a MySQL server) with your package manager",
-            file=sys.stderr,
-        )
-        return 1
-    prefix: list[str] = []
-    if os.geteuid() != 0:
-        sudo = shutil.which("sudo")
-        if not sudo:
-            print(f"error: installing {PACKAGE} needs root, and sudo is not available", file=sys.stderr)
-            return 1
-        prefix = [sudo, "-E"]
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    for command in (
-        [*prefix, apt, "update"],
-        [*prefix, apt, "install", "-y", "--no-install-recommends", PACKAGE],
-    ):
-        print("+ " + " ".join(command), flush=True)
-        result = subprocess.run(command, env=env, check=False)
-        if result.returncode != 0:
-            print(
-                f"error: `{' '.join(command)}` failed with exit code {result.returncode}; {PACKAGE} is not installed",
-                file=sys.stderr,
-            )
-            return result.returncode or 1
-    present = find(SERVER_NAMES)
+    status = apt_install(PACKAGE)
+    if status != 0:
+        return status
+    present = find(*SERVER_NAMES)
     if not present:
         print(f"error: {PACKAGE} installed, but neither {' nor '.join(SERVER_NAMES)} was found", file=sys.stderr)
         return 1
@@ -133,7 +99,7 @@ def _as_root() -> list[str]:
 
 
 def _initialise(datadir: Path, log: Path) -> None:
-    install_db = find(INSTALL_DB_NAMES)
+    install_db = find(*INSTALL_DB_NAMES)
     if not install_db:
         raise MariaDBError(
             f"{' / '.join(INSTALL_DB_NAMES)} not found: this helper needs MariaDB's tools (Oracle MySQL 8 alone is "
@@ -183,7 +149,7 @@ def start(datadir: Path, port: int, timeout_s: float = 60.0) -> Server:
     `datadir` must not hold a database yet. Logs go next to it. On any failure the
     server is stopped again before the error propagates.
     """
-    binary = find(SERVER_NAMES)
+    binary = find(*SERVER_NAMES)
     if not binary:
         raise MariaDBError("no mariadbd/mysqld found; run `python3 scripts/mariadb.py install`")
     datadir = Path(datadir).resolve()
