@@ -276,10 +276,15 @@ def subject_order(name: str) -> tuple[int, str]:
     return (int(digits), name) if digits.isdigit() else (1 << 30, name)
 
 
+def on_disk(config: PmdDataConfig) -> bool:
+    """Whether `config.root` holds the experiment; where it does not, ingest reads the raw bucket's copy."""
+    return (config.root / config.experiment).is_dir()
+
+
 def experiment_dir(config: PmdDataConfig) -> Path:
     """Where the subject folders are; a clear error, with the way out, when they are not there."""
     where = config.root / config.experiment
-    if not where.is_dir():
+    if not on_disk(config):
         raise InputError(
             [
                 f"PMD data not found: looked for {where.resolve()} (root {config.root}). "

@@ -44,11 +44,6 @@ def source_uri(config: PmdDataConfig, bucket: str) -> str:
     return f"s3://{bucket}/{source_key(config, '')}"
 
 
-def on_disk(config: PmdDataConfig) -> bool:
-    """Whether `config.root` holds the experiment; where it does not, ingest reads the bucket's copy."""
-    return (config.root / config.experiment).is_dir()
-
-
 def upload_pmd(config: PmdDataConfig, settings: Settings, progress: Progress | None = None) -> str:
     """Copy the experiment under `config.root` into the raw bucket; the copy's s3:// URI.
 

@@ -12,13 +12,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgeops.datasets import adapter_for
+from edgeops.datasets import adapter_for, pmd
 from edgeops.datasets.base import DATA_FILE, BuiltDataset, DatasetRecord, dataset_key, save_splits
 from edgeops.settings import Dataset, Settings, check_name, parse_choice
 from edgeops.stack import tracking
 from edgeops.stack.s3 import put_if_absent, s3_client
 from edgeops.stack.sessions import fetch_session
-from edgeops.stack.sources import fetch_pmd, on_disk, source_uri
+from edgeops.stack.sources import fetch_pmd, source_uri
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -50,7 +50,7 @@ def ingest(
             directory = Path(scratch.enter_context(tempfile.TemporaryDirectory()))
             manifest = fetch_session(str(manifest), directory, s3)
         source = settings
-        if track.dataset == Dataset.pmd and not on_disk(settings.pmd.data):
+        if track.dataset == Dataset.pmd and not pmd.on_disk(settings.pmd.data):
             s3 = s3 or s3_client(settings)
             directory = Path(scratch.enter_context(tempfile.TemporaryDirectory()))
             fetched = fetch_pmd(settings.pmd.data, directory, s3, settings.raw_bucket)
