@@ -1,4 +1,4 @@
-package io.edgeops.ota
+package io.edgeops.ota.tuf
 
 import kotlinx.serialization.json.JsonArray
 import kotlinx.serialization.json.JsonElement
@@ -56,4 +56,3 @@ object CanonicalJson {
     }
 }
 
-class MetadataError(message: String) : Exception(message)
