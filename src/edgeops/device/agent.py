@@ -110,13 +110,14 @@ class Agent:
         updater, newest = self.updater.refresh(fetcher)
         version, release_target = newest.version, newest.target
         if newest.track is not None and newest.track != self.track:  # refused before any download
-            raise AgentError(self._wrong_track(version, f"is signed for the {newest.track} track"))
+            raise AgentError(self._wrong_track(version, f"is signed for the {newest.track} track"), "wrong-track")
         installed = self.state.installed()
         current = installed.current
         if current is not None and version < current.version:
             raise AgentError(
                 f"the repository's newest {self.channel} release is version {version}, but version "
-                f"{current.version} is installed: refusing to go back (rollback attack or a reset repository)"
+                f"{current.version} is installed: refusing to go back (rollback attack or a reset repository)",
+                "rollback",
             )
         if current is not None and current.release_target == release_target and self.state.is_intact(current):
             return f"up to date at v{version}"
@@ -126,14 +127,15 @@ class Agent:
         release = self.updater.fetch_release(updater, release_target, version)
         mismatches = self._mismatches(release)
         if mismatches:  # refused before the model is downloaded
-            raise AgentError(self._wrong_track(version, "; ".join(mismatches)))
+            raise AgentError(self._wrong_track(version, "; ".join(mismatches)), "wrong-track")
         candidate = self.updater.fetch_model(updater, release)
         try:
             smoke_test(candidate, release, self.config.smoke_tolerance)
         except Exception as error:
             reject(self.state, installed, candidate, release_target)
             raise AgentError(
-                f"release v{version} ({release.sha256[:12]}) failed its smoke test and was not installed: {error}"
+                f"release v{version} ({release.sha256[:12]}) failed its smoke test and was not installed: {error}",
+                "smoke-test",
             ) from None
         install(self.state, installed, candidate, release, release_target)
         return f"installed v{version}"

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 import urllib3
+from pydantic import ValidationError
 from tuf.api import exceptions as tuf_errors
 from tuf.api.metadata import Metadata, Targets
 from tuf.ngclient import Updater, UpdaterConfig
@@ -30,7 +31,14 @@ CHUNK_BYTES = 64 * 1024
 
 
 class AgentError(EdgeopsError):
-    """A poll failed; the model that was running keeps running."""
+    """A poll failed; the model that was running keeps running.
+
+    `reason` is the shared refusal word (REFUSAL_REASONS) when the agent itself refused; None when the cause says it.
+    """
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NewestRelease(NamedTuple):
@@ -123,6 +131,37 @@ FAILURE_KINDS: list[tuple[type[Exception], str]] = [
 ]
 
 
+# The refusal reasons both device clients (this agent, the Kotlin OTA client) report, one word each, so a
+# fleet tool or the shared attack vectors can compare them. Most specific type first.
+REFUSAL_REASONS: list[tuple[type[Exception], str]] = [
+    (tuf_errors.ExpiredMetadataError, "expired"),
+    (tuf_errors.BadVersionNumberError, "rollback"),
+    (tuf_errors.UnsignedMetadataError, "signature"),
+    (tuf_errors.LengthOrHashMismatchError, "hash"),
+    (tuf_errors.DownloadLengthMismatchError, "length"),
+    (tuf_errors.SlowRetrievalError, "deadline"),
+    (tuf_errors.DownloadHTTPError, "missing"),
+    (tuf_errors.RepositoryError, "metadata"),  # e.g. metadata that does not parse
+    (ValidationError, "metadata"),  # a release descriptor that does not parse
+]
+
+
+def refusal_reason(error: BaseException) -> str:
+    """One word for why a poll was refused (see REFUSAL_REASONS), from the error and the errors it came from."""
+    chain: list[BaseException] = []
+    cause: BaseException | None = error
+    while cause is not None and cause not in chain:
+        chain.append(cause)
+        cause = cause.__cause__
+    for link in chain:
+        if isinstance(link, AgentError) and link.reason is not None:
+            return link.reason
+        for kind, reason in REFUSAL_REASONS:
+            if isinstance(link, kind):
+                return reason
+    return "other"
+
+
 def describe(error: Exception) -> str:
     """Name the class of failure first: that is what an operator acts on."""
     if isinstance(error, tuf_errors.ExpiredMetadataError):
@@ -131,6 +170,42 @@ def describe(error: Exception) -> str:
         if isinstance(error, kind):
             return f"{meaning}: {type(error).__name__}: {error}"
     return f"{type(error).__name__}: {error}"
+
+
+def newest_trusted_root(metadata_dir: Path) -> bytes | None:
+    """The newest root verified into `metadata_dir` (None: none yet).
+
+    python-tuf keeps `root_history/N.root.json` and points `root.json` at the newest; a kill
+    between its remove and symlink leaves only the history, which is just as trustworthy.
+    """
+    cached = metadata_dir / "root.json"
+    if cached.exists():
+        return cached.read_bytes()
+    history = sorted(metadata_dir.glob("root_history/*.root.json"), key=lambda p: int(p.name.split(".")[0]))
+    return history[-1].read_bytes() if history else None
+
+
+def tuf_updater(
+    metadata_dir: Path,
+    metadata_url: str,
+    fetcher: MeteredFetcher,
+    bootstrap: bytes | None,
+    target_url: str | None = None,
+    prefix_targets_with_hash: bool = True,
+) -> Updater:
+    """The one ngclient Updater of this project: the agent's polls and the tuf-conformance client use it.
+
+    `bootstrap` is the root to start from; None reads `root.json` in `metadata_dir`. With
+    `prefix_targets_with_hash`, targets are fetched as `<hash>.<name>` under consistent snapshots.
+    """
+    return Updater(
+        metadata_dir=str(metadata_dir),
+        metadata_base_url=metadata_url,
+        target_base_url=target_url,
+        fetcher=fetcher,
+        config=UpdaterConfig(prefix_targets_with_hash=prefix_targets_with_hash),
+        bootstrap=bootstrap,
+    )
 
 
 class ReleaseUpdater:
@@ -178,18 +253,10 @@ class ReleaseUpdater:
         return None
 
     def _trusted_root(self) -> bytes:
-        """The newest root this device has verified, else the one it was provisioned with.
-
-        python-tuf keeps `root_history/N.root.json` and points `root.json` at the newest; a kill
-        between its remove and symlink leaves only the history, which is just as trustworthy.
-        """
-        metadata_dir = self.state.metadata_dir
-        cached = metadata_dir / "root.json"
-        if cached.exists():
-            return cached.read_bytes()
-        history = sorted(metadata_dir.glob("root_history/*.root.json"), key=lambda p: int(p.name.split(".")[0]))
-        if history:
-            return history[-1].read_bytes()
+        """The newest root this device has verified, else the one it was provisioned with."""
+        verified = newest_trusted_root(self.state.metadata_dir)
+        if verified is not None:
+            return verified
         if self.trusted_root.is_file():
             return self.trusted_root.read_bytes()
         raise AgentError(
@@ -200,15 +267,13 @@ class ReleaseUpdater:
     def _updater(self, fetcher: MeteredFetcher) -> Updater:
         for leftover in self.state.metadata_dir.glob("tmp*"):  # python-tuf's temporary files from a killed poll
             leftover.unlink(missing_ok=True)
-        bootstrap = self._trusted_root()
-        return Updater(
-            metadata_dir=str(self.state.metadata_dir),
-            metadata_base_url=self.repository_url + METADATA + "/",
-            target_base_url=self.repository_url,
-            fetcher=fetcher,
-            # Our target names are content-addressed already.
-            config=UpdaterConfig(prefix_targets_with_hash=False),
-            bootstrap=bootstrap,
+        return tuf_updater(
+            self.state.metadata_dir,
+            self.repository_url + METADATA + "/",
+            fetcher,
+            bootstrap=self._trusted_root(),
+            target_url=self.repository_url,
+            prefix_targets_with_hash=False,  # our target names are content-addressed already
         )
 
     def _newest_release(self) -> NewestRelease:
@@ -220,13 +285,13 @@ class ReleaseUpdater:
             if path.startswith("releases/") and target.custom.get("channel") == self.channel
         ]
         if not releases:
-            raise AgentError(f"{self.model_name} has no release in channel '{self.channel}'")
+            raise AgentError(f"{self.model_name} has no release in channel '{self.channel}'", "no-release")
         return max(releases, key=lambda release: release.version)
 
     def fetch_release(self, updater: Updater, path: str, version: int) -> Release:
         info = updater.get_targetinfo(path)
         if info is None:  # listed a moment ago; only a broken repository gets here
-            raise AgentError(f"{path} vanished from the signed targets")
+            raise AgentError(f"{path} vanished from the signed targets", "missing")
         partial = self.state.downloads_dir / "release.json.part"
         updater.download_target(info, filepath=str(partial))
         release = Release.model_validate_json(partial.read_bytes())
@@ -237,12 +302,14 @@ class ReleaseUpdater:
             raise AgentError(
                 f"{path} (v{version}) was refused before its model was downloaded: its sha256 {release.sha256!r} "
                 "is not 64 lowercase hex digits, and this device names model files by it; "
-                "the publisher must re-publish the release with the model's real sha256"
+                "the publisher must re-publish the release with the model's real sha256",
+                "metadata",
             ) from None
         if (release.model_name, release.channel, release.version) != (self.model_name, self.channel, version):
             raise AgentError(
                 f"{path} describes {release.model_name} {release.channel} v{release.version}, but is signed as "
-                f"{self.model_name} {self.channel} v{version} (mix-and-match)"
+                f"{self.model_name} {self.channel} v{version} (mix-and-match)",
+                "mix-and-match",
             )
         return release
 
@@ -250,9 +317,11 @@ class ReleaseUpdater:
         """A verified copy of the release's model: one already kept (e.g. on rollback), or a fresh download."""
         info = updater.get_targetinfo(release.model_target)
         if info is None:
-            raise AgentError(f"{release.model_target} is not a signed target")
+            raise AgentError(f"{release.model_target} is not a signed target", "missing")
         if info.hashes.get("sha256") != release.sha256 or info.length != release.size:
-            raise AgentError(f"{release.model_target} is signed with a different hash or size than its release says")
+            raise AgentError(
+                f"{release.model_target} is signed with a different hash or size than its release says", "hash"
+            )
         kept = self.state.model_file(release.sha256)
         if updater.find_cached_target(info, str(kept)):
             return kept
