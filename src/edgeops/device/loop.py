@@ -5,21 +5,45 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 from edgeops.device.agent import Agent, AgentError
 from edgeops.device.state import PREDICTIONS_FILE, Report, now
 
 if TYPE_CHECKING:
+    import torch
+
     from edgeops.datasets.mat import Frame
     from edgeops.runtime import Program
+
+
+class FrameWindow:
+    """The model's input: the newest `length` frames, oldest first (input layout [batch, frame, chamber]).
+
+    Apart from the model so that the Android app's Window can be checked against it (tests/device/vectors.py).
+    """
+
+    def __init__(self, length: int, recent: Iterable[tuple[float, ...]] = ()) -> None:
+        self.frames: deque[tuple[float, ...]] = deque(recent, maxlen=length)
+
+    def push(self, pressures: tuple[float, ...]) -> list[list[tuple[float, ...]]] | None:
+        """Add a frame; the model input once `length` frames are in, else None."""
+        self.frames.append(pressures)
+        if len(self.frames) < (self.frames.maxlen or 0):
+            return None
+        return [list(self.frames)]
+
+
+def label_for(logits: torch.Tensor, labels: list[str]) -> str:
+    """The label of the highest logit (the first one on a tie, as torch.argmax picks)."""
+    return labels[int(logits.argmax())]
 
 
 class Predictor:
     """Runs the installed model on a sliding window of frames."""
 
-    def __init__(self, agent: Agent, recent: deque[tuple[float, ...]] | None = None) -> None:
+    def __init__(self, agent: Agent, recent: Iterable[tuple[float, ...]] = ()) -> None:
         from edgeops.runtime import Program
 
         running = agent.state.running_model()
@@ -28,20 +52,20 @@ class Predictor:
         self.model, self.role = running
         self.program: Program = Program(agent.state.model_path(self.model))
         # Frames seen under the previous model carry over: a new model classifies from its first frame.
-        self.window: deque[tuple[float, ...]] = deque(recent or (), maxlen=self.model.input_shape[1])
+        self.window = FrameWindow(self.model.input_shape[1], recent)
 
     def feed(self, frame: Frame) -> dict[str, Any] | None:
         import torch
 
-        self.window.append(frame.pressures)
-        if len(self.window) < (self.window.maxlen or 0):
+        window = self.window.push(frame.pressures)
+        if window is None:
             return None
-        logits = self.program(torch.tensor([list(self.window)], dtype=torch.float32))[0]
+        logits = self.program(torch.tensor(window, dtype=torch.float32))[0]
         return {
             "at": now(),
             "time": frame.arrival.isoformat(timespec="milliseconds"),
             "version": self.model.version,
-            "label": self.model.labels[int(logits.argmax())],
+            "label": label_for(logits, self.model.labels),
             "logits": [round(float(v), 4) for v in logits],
         }
 
@@ -92,7 +116,7 @@ def run(
                     changed.clear()
                     if agent.state.running_model() is None:
                         continue  # nothing verified to run yet; the poller is working on it
-                    predictor = Predictor(agent, predictor.window if predictor else None)
+                    predictor = Predictor(agent, predictor.window.frames if predictor else ())
                     report(f"[agent] running v{predictor.model.version} ({predictor.role})")
                 prediction = predictor.feed(frame)
                 if prediction is not None:
