@@ -26,7 +26,7 @@ RELEASE ?= edgeops
 
 .PHONY: help install up down status compile demo test test-fast lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean kernel-paths \
 	tools validate mysql-server image-requirements images base-image docker-engine kind-up kind-down \
-	kind-load deploy kfp-install release-keys-secret pipeline-run
+	kind-load deploy kfp-install release-keys-secret pipeline-run jvm android-test android-demo tuf-conformance
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
@@ -92,7 +92,47 @@ pytest: install kernel-paths docker-engine
 test-fast: install ## the unit tier: no servers, no training (about a minute)
 	$(RUN) pytest -m "not slow"
 
-test: lint typecheck validate mysql-server pytest ## lint, type-check, static cluster checks, all tests
+test: lint typecheck validate mysql-server android-test pytest ## lint, type-check, static cluster checks, the JVM modules, all tests
+
+jvm: ## a JDK 17 and Maven from Debian packages, when missing (for the Android modules' JVM build)
+	python3 scripts/jvm.py
+
+# The shared-vector test (pytest) runs android/ota-cli/target/ota-cli.jar, which this builds.
+android-test: jvm ## build and test the Android side's JVM modules with Maven (OTA client, device logic, app type-check)
+	mvn -f android/pom.xml verify
+
+android-demo: up ## after `make demo`: the Kotlin OTA client installs the promoted model, then polls unchanged
+	@test -f android/ota-cli/target/ota-cli.jar || $(MAKE) android-test
+	$(RUN) python scripts/android_demo.py --dataset $(DATASET)
+
+# The suite is never part of this repository: TUF_CONFORMANCE names a checkout of it; its virtualenv lives in .tools/.
+TUF_CONFORMANCE_VENV := .tools/tuf-conformance
+TUF_CONFORMANCE_CLIENTS := scripts/tuf-conformance-client android/ota-cli/tuf-conformance-client
+ifneq ($(filter tuf-conformance,$(MAKECMDGOALS)),)
+ifeq ($(TUF_CONFORMANCE),)
+$(error make tuf-conformance needs TUF_CONFORMANCE=<a checkout of https://github.com/theupdateframework/tuf-conformance>)
+endif
+endif
+tuf-conformance: install jvm ## TUF_CONFORMANCE=<checkout of theupdateframework/tuf-conformance>: both device clients against the suite
+	@test -f "$(TUF_CONFORMANCE)/tuf_conformance/conftest.py" \
+		|| { echo "TUF_CONFORMANCE=$(TUF_CONFORMANCE) is not a checkout of tuf-conformance (no tuf_conformance/conftest.py there)"; exit 1; }
+	@command -v faketime >/dev/null || { echo "the suite runs clients under faketime: apt-get install faketime"; exit 1; }
+	@test -x $(TUF_CONFORMANCE_VENV)/bin/python || $(UV) venv --quiet $(TUF_CONFORMANCE_VENV)
+	$(UV) pip install --quiet --python $(TUF_CONFORMANCE_VENV)/bin/python -e "$(TUF_CONFORMANCE)"
+	@test -f android/ota-cli/target/ota-cli.jar || mvn -f android/pom.xml -q -pl ota-cli -am package -DskipTests
+	@status=0; summary=""; log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
+	for client in $(TUF_CONFORMANCE_CLIENTS); do \
+		echo "--- tuf-conformance: $$client"; \
+		(cd "$(TUF_CONFORMANCE)" && $(CURDIR)/$(TUF_CONFORMANCE_VENV)/bin/pytest tuf_conformance -q -p no:cacheprovider \
+			--entrypoint "$(CURDIR)/$$client") 2>&1 | tee "$$log"; \
+		test "$${PIPESTATUS[0]}" -eq 0 || status=1; \
+		last=$$(tail -n 1 "$$log"); counts=""; \
+		for kind in passed failed xfailed; do \
+			counts="$$counts $$kind $$(grep -oE "[0-9]+ $$kind" <<<"$$last" | cut -d' ' -f1 | grep . || echo 0)"; \
+		done; \
+		summary="$$summary$$client:$$counts"$$'\n'; \
+	done; \
+	echo "--- tuf-conformance summary"; printf '%s' "$$summary"; exit $$status
 
 # --- Kubernetes path: make kind-up deploy kfp-install release-keys-secret pipeline-run --------------------------------
 # In that order: deploy builds the images and loads them into kind first (deploy -> kind-load -> images), so
