@@ -24,7 +24,7 @@ WITH_DOCKER := python3 scripts/docker_engine.py run --
 CLUSTER ?= edgeops
 RELEASE ?= edgeops
 
-.PHONY: help install up down status compile demo test test-fast lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean kernel-paths \
+.PHONY: help install up down status compile demo test test-fast lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean kernel-paths browser broker \
 	tools validate mysql-server image-requirements images base-image docker-engine kind-up kind-down \
 	kind-load deploy kfp-install release-keys-secret pipeline-run jvm android-test android-demo tuf-conformance
 
@@ -41,7 +41,7 @@ help: ## list the targets
 
 install: .venv/.installed ## create .venv from uv.lock
 
-up: install ## start S3 + MLflow on 127.0.0.1 (idempotent)
+up: install broker ## start S3, MLflow, the MQTT broker and the fleet service on 127.0.0.1 (idempotent)
 	$(RUN) edgeops up
 
 down: ## stop the local stack (state in .edgeops/ is kept)
@@ -55,7 +55,7 @@ compile: install ## compile the local and cluster pipelines to pipelines/*.yaml
 
 DATASET ?= mat
 RUNNER ?= subprocess
-demo: install kernel-paths $(if $(filter docker,$(RUNNER)),docker-engine) ## stack up, pipeline on a track (DATASET=mat|pmd; RUNNER=subprocess|docker), device check, summary
+demo: install broker kernel-paths $(if $(filter docker,$(RUNNER)),docker-engine) ## stack up, pipeline on a track (DATASET=mat|pmd; RUNNER=subprocess|docker), device check, summary
 ifeq ($(RUNNER),docker)
 	$(WITH_DOCKER) bash -c 'python3 scripts/images.py build && $(RUN) edgeops demo --dataset $(DATASET) --runner docker'
 else
@@ -86,7 +86,7 @@ typecheck: install ## mypy on the package
 	$(RUN) mypy src/edgeops
 
 # The container tests need the images of this tree and an engine: a private dockerd where none answers.
-pytest: install kernel-paths docker-engine
+pytest: install broker kernel-paths docker-engine browser
 	$(WITH_DOCKER) bash -c 'python3 scripts/images.py build && $(RUN) pytest'
 
 test-fast: install ## the unit tier: no servers, no training (about a minute)
@@ -156,6 +156,12 @@ image-requirements: install ## refresh the images' hashed requirement files from
 
 docker-engine: ## install Debian's docker.io when no Docker daemon answers
 	python3 scripts/docker_engine.py install
+
+broker: ## Eclipse Mosquitto from Debian's packages, when missing (the devices' MQTT broker)
+	python3 scripts/mosquitto.py install
+
+browser: ## Chromium from Debian and playwright-core from npm, for the dashboard test
+	python3 scripts/browser.py install
 
 # TORCH_INDEX_URL=URL, or TORCH_WHEELS=DIR, chooses where torch comes from (default: CPU index, else uv.lock's PyPI wheels).
 images: docker-engine ## build the component and MLflow images, with or without a registry

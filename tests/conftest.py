@@ -54,11 +54,12 @@ def free_ports(count: int) -> list[int]:
 
 @contextmanager
 def throwaway_stack(root: Path, **overrides: Any) -> Iterator[Settings]:
-    """A running local stack on free loopback ports with its state under `root`, stopped on exit.
+    """A running local stack (S3, MLflow, broker, fleet service) on free loopback ports with its state under
+    `root`, stopped on exit.
 
     Its settings are also put in the environment, where KFP tasks pick them up.
     """
-    s3, mlflow, master, volume, filer, console = free_ports(6)
+    s3, mlflow, master, volume, filer, console, mqtt, fleet = free_ports(8)
     env = {
         "EDGEOPS_STATE_DIR": str(root / "state"),
         "EDGEOPS_OUT_DIR": str(root / "out"),
@@ -68,6 +69,8 @@ def throwaway_stack(root: Path, **overrides: Any) -> Iterator[Settings]:
         "EDGEOPS_SEAWEED_VOLUME_PORT": str(volume),
         "EDGEOPS_SEAWEED_FILER_PORT": str(filer),
         "EDGEOPS_MINIO_CONSOLE_PORT": str(console),
+        "EDGEOPS_FLEET__MQTT_PORT": str(mqtt),
+        "EDGEOPS_FLEET__HTTP_PORT": str(fleet),
         "EDGEOPS_RELEASE__KEYS_DIR": str(root / "release-keys"),
         "EDGEOPS_RELEASE__ROOT_KEY_DIR": str(root / "release-root-key"),
         "EDGEOPS_STOP_TIMEOUT_S": "5",  # throwaway data: no need to wait for a graceful exit

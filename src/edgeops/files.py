@@ -53,8 +53,11 @@ def atomic_write(path: Path, mode: Literal["wb", "w"] = "wb") -> Iterator[IO[Any
         temporary.unlink(missing_ok=True)
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
+    """`mode`: the new file's permissions, set before any byte is written (0o600 for secrets)."""
     with atomic_write(path) as handle:
+        if mode is not None:
+            os.fchmod(handle.fileno(), mode)
         handle.write(data)
 
 

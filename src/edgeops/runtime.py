@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -9,6 +10,11 @@ from typing import Any
 import torch
 
 from edgeops.errors import VerificationError
+
+# ExecuTorch's Python extension is not safe to use from several threads at once: two threads loading programs
+# at the same time hung inside `load_method` (simulated devices smoke-testing in parallel), and an agent runs its
+# model in one thread while smoke-testing a candidate in another. Every call into it holds this lock.
+_RUNTIME_LOCK = threading.RLock()
 
 
 def load_program(path: Path) -> Any:
@@ -19,9 +25,10 @@ def load_program(path: Path) -> Any:
     The extension needs libtorch loaded first, hence `torch` above. Verification as `executorch.runtime`
     does it: the program's internal offsets are checked before anything runs.
     """
-    from executorch.extension.pybindings import _portable_lib as extension
+    with _RUNTIME_LOCK:
+        from executorch.extension.pybindings import _portable_lib as extension
 
-    return extension._load_program(str(path), program_verification=extension.Verification.InternalConsistency)
+        return extension._load_program(str(path), program_verification=extension.Verification.InternalConsistency)
 
 
 class Program:
@@ -29,12 +36,14 @@ class Program:
 
     def __init__(self, path: Path) -> None:
         started = time.perf_counter()
-        self.method: Any = load_program(path).load_method("forward")
+        with _RUNTIME_LOCK:
+            self.method: Any = load_program(path).load_method("forward")
         self.load_ms = (time.perf_counter() - started) * 1000
         self.path = path
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.method([x])[0]
+        with _RUNTIME_LOCK:
+            return self.method([x])[0]
 
     def signature(self) -> tuple[list[int], list[int]]:
         meta = self.method.method_meta()

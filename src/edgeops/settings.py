@@ -384,6 +384,53 @@ class AgentConfig(BaseModel):
     smoke_tolerance: float = Field(0.25, ge=0)
 
 
+class FleetConfig(BaseModel):
+    """Device telemetry: the MQTT broker, what agents report and how often, and the fleet service that stores it.
+
+    On one machine the broker and the service are part of the local stack and bind `Settings.host`; a cluster
+    sets `mqtt_host`, `http_host` and `database_url` (the chart's Mosquitto and MySQL).
+    """
+
+    mqtt_host: str = ""  # empty: Settings.host
+    mqtt_port: int = 1883
+    http_host: str = ""  # empty: Settings.host
+    http_port: int = 8088
+    # Empty: SQLite under the state dir; a cluster (or the MariaDB test) sets mysql+pymysql://…
+    database_url: SecretStr | None = None
+    # The fleet service's own broker identity; empty password: generated into the state dir by `edgeops up`.
+    mqtt_username: str = "edgeops-fleet"
+    mqtt_password: SecretStr | None = None
+    # Where `edgeops fleet add-device` writes a device's credentials (0600) and the agent looks for them;
+    # empty: <state_dir>/fleet/devices.
+    credentials_dir: Path | None = None
+    # Agents: a heartbeat and inference statistics every `report_interval_s`; at most `queue_limit` messages
+    # wait on disk while the broker is away (the oldest are dropped, and counted, beyond it).
+    report_interval_s: float = Field(10.0, gt=0)
+    queue_limit: int = Field(10_000, ge=1)
+    in_flight: int = Field(100, ge=1, description="unacknowledged QoS 1 messages per device")
+    keepalive_s: int = Field(30, ge=5)
+    drain_timeout_s: float = Field(10.0, ge=0, description="an agent that stops waits this long to send its outbox")
+    # The service refuses larger messages (the broker's own limit, message_size_limit, is 4x this).
+    max_message_bytes: int = Field(65_536, ge=1024)
+    # A message sent longer ago than this (by its own clock) is stale; later than this ahead is refused too.
+    max_clock_skew_s: float = Field(300.0, gt=0)
+    online_after_s: float = Field(30.0, gt=0, description="a device silent longer than this shows offline")
+    rate_limit: str = "600/minute"  # per client address, on the HTTP API
+    class_mix_bucket_s: int = Field(60, ge=1)
+    class_mix_buckets: int = Field(60, ge=1)
+    # Drift: each chamber's inputs in `drift_bins` equal bins over [drift_low_pa, drift_high_pa] (values outside
+    # count in the end bins), compared with the training recordings' by the population stability index.
+    drift_low_pa: float = 95_000.0
+    drift_high_pa: float = 105_000.0
+    drift_bins: int = Field(20, ge=2)
+    drift_threshold: float = Field(0.2, gt=0, description="PSI above which a chamber is flagged")
+    drift_min_samples: int = Field(2000, ge=1, description="fleet inputs in the window before a chamber is flagged")
+    # `edgeops fleet simulate`: worker processes (0 = one per core) and each device's own noise, in Pa.
+    simulate_workers: int = Field(0, ge=0)
+    simulate_noise_pa: float = Field(5.0, ge=0)
+    simulate_poll_interval_s: float = Field(60.0, gt=0)
+
+
 class ClusterConfig(BaseModel):
     """How pipeline tasks are wired on a Kubeflow cluster (see manifests/ and helm/)."""
 
@@ -477,6 +524,7 @@ class Settings(BaseSettings):
     ble: BleConfig = BleConfig()
     release: ReleaseConfig = ReleaseConfig()
     agent: AgentConfig = AgentConfig()
+    fleet: FleetConfig = FleetConfig()
 
     def track(self, dataset: Dataset | str) -> MatTrack | PmdTrack:
         """The row of the track table a run of `dataset` uses."""
@@ -507,6 +555,18 @@ class Settings(BaseSettings):
             )
         stored = json.loads(path.read_text())
         return stored["access_key"], stored["secret_key"]
+
+    @property
+    def mqtt_host(self) -> str:
+        return self.fleet.mqtt_host or self.host
+
+    @property
+    def device_credentials_dir(self) -> Path:
+        return self.fleet.credentials_dir or self.state_dir / "fleet" / "devices"
+
+    @property
+    def fleet_url(self) -> str:
+        return f"http://{self.fleet.http_host or self.host}:{self.fleet.http_port}"
 
     def ota_url(self, key: str = "") -> str:
         """Plain-HTTP address a device uses for an object in the OTA bucket."""

@@ -93,3 +93,20 @@ def test_a_service_that_dies_while_starting_is_named_with_its_log(tmp_path: Path
     with pytest.raises(supervisor.StackError, match="dying exited during start-up") as error:
         supervisor.start_service(Settings(state_dir=tmp_path), dying)
     assert "cannot start: no config" in str(error.value)
+
+
+def test_stop_stops_the_broker_and_the_fleet_service(tmp_path: Path) -> None:
+    """Their pids are recognised as ours (the fleet service is `python -m edgeops fleet serve`), so stop ends them."""
+    mqtt, http = free_ports(2)
+    settings = Settings(state_dir=tmp_path, fleet={"mqtt_port": mqtt, "http_port": http})  # type: ignore[arg-type]
+    try:
+        supervisor.start_service(settings, supervisor.broker_service(settings))
+        supervisor.start_service(settings, supervisor.fleet_service(settings))
+        pids = [supervisor.running_pid(settings, name) for name in ("mosquitto", "fleet")]
+        assert all(pids), pids
+        assert http_status(f"{settings.fleet_url}/api/health") == 200
+    finally:
+        supervisor.stop(settings)
+    assert [supervisor.running_pid(settings, name) for name in ("mosquitto", "fleet")] == [None, None]
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"

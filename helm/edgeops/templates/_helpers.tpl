@@ -91,6 +91,14 @@ Call with (dict "ctx" $ "component" "minio").
 {{- include "edgeops.componentName" (dict "ctx" . "component" "mlflow") }}
 {{- end }}
 
+{{- define "edgeops.mosquitto.fullname" -}}
+{{- include "edgeops.componentName" (dict "ctx" . "component" "mosquitto") }}
+{{- end }}
+
+{{- define "edgeops.fleet.fullname" -}}
+{{- include "edgeops.componentName" (dict "ctx" . "component" "fleet") }}
+{{- end }}
+
 {{/*
 Create the name of the service account to use
 */}}
@@ -335,4 +343,114 @@ labels:
   edgeops.io/s3-identity: {{ .identity }}
 annotations:
   edgeops.io/s3-identity-secret: {{ printf "%s/%s" .ctx.Release.Namespace (include "edgeops.minio.identitySecretName" (dict "ctx" .ctx "identity" .identity)) }}
+{{- end }}
+
+{{/*
+Secret of the devices' broker (keys fleet-password: the fleet service's broker password in plain text;
+devices: hashed password-file lines of the devices): mosquitto.auth.existingSecret, else the generated one.
+*/}}
+{{- define "edgeops.mosquitto.secretName" -}}
+{{- default (include "edgeops.mosquitto.fullname" .) .Values.mosquitto.auth.existingSecret }}
+{{- end }}
+
+{{/*
+The fleet service's broker: host, port, user and the Secret/key of its password. Each resolves to the chart's
+Mosquitto unless fleet.mqtt.host is set.
+*/}}
+{{- define "edgeops.fleet.mqttHost" -}}
+{{- if .Values.fleet.mqtt.host }}
+{{- .Values.fleet.mqtt.host }}
+{{- else if .Values.mosquitto.enabled }}
+{{- printf "%s.%s.svc.%s" (include "edgeops.mosquitto.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- else }}
+{{- fail "fleet.mqtt.host is required when mosquitto.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{- define "edgeops.fleet.mqttPort" -}}
+{{- if .Values.fleet.mqtt.host }}
+{{- .Values.fleet.mqtt.port | int }}
+{{- else }}
+{{- .Values.mosquitto.service.port | int }}
+{{- end }}
+{{- end }}
+
+{{- define "edgeops.fleet.mqttUsername" -}}
+{{- .Values.fleet.mqtt.username | default .Values.mosquitto.auth.fleetUsername }}
+{{- end }}
+
+{{- define "edgeops.fleet.mqttSecretName" -}}
+{{- if .Values.fleet.mqtt.existingSecret }}
+{{- .Values.fleet.mqtt.existingSecret }}
+{{- else if .Values.fleet.mqtt.host }}
+{{- fail "fleet.mqtt.existingSecret is required when fleet.mqtt.host is set" }}
+{{- else if .Values.mosquitto.enabled }}
+{{- include "edgeops.mosquitto.secretName" . }}
+{{- else }}
+{{- fail "fleet.mqtt.existingSecret is required when mosquitto.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{- define "edgeops.fleet.mqttPasswordKey" -}}
+{{- if .Values.fleet.mqtt.existingSecret }}{{ .Values.fleet.mqtt.passwordKey }}{{ else }}fleet-password{{ end }}
+{{- end }}
+
+{{/*
+The fleet service's database: the chart's MySQL unless fleet.database.host is set. On the chart's MySQL a
+container of the MySQL pod creates the database and the user (mysql-statefulset.yaml).
+*/}}
+{{- define "edgeops.fleet.usesChartMysql" -}}
+{{- if and (not .Values.fleet.database.host) .Values.mysql.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "edgeops.fleet.dbHost" -}}
+{{- if .Values.fleet.database.host }}
+{{- .Values.fleet.database.host }}
+{{- else if .Values.mysql.enabled }}
+{{- printf "%s.%s.svc.%s" (include "edgeops.mysql.fullname" .) .Release.Namespace .Values.clusterDomain }}
+{{- else }}
+{{- fail "fleet.database.host is required when mysql.enabled is false" }}
+{{- end }}
+{{- end }}
+
+{{- define "edgeops.fleet.dbPort" -}}
+{{- if .Values.fleet.database.host }}
+{{- .Values.fleet.database.port | int }}
+{{- else }}
+{{- .Values.mysql.service.port | int }}
+{{- end }}
+{{- end }}
+
+{{/*
+Secret with the fleet service's database password: fleet.database.existingSecret, else the generated
+<fullname>-fleet-database (key password; only for the chart's MySQL).
+*/}}
+{{- define "edgeops.fleet.dbSecretName" -}}
+{{- if .Values.fleet.database.existingSecret }}
+{{- .Values.fleet.database.existingSecret }}
+{{- else if include "edgeops.fleet.usesChartMysql" . }}
+{{- include "edgeops.componentName" (dict "ctx" . "component" "fleet-database") }}
+{{- else }}
+{{- fail "fleet.database.existingSecret is required with an external database (fleet.database.host or mysql.enabled false)" }}
+{{- end }}
+{{- end }}
+
+{{- define "edgeops.fleet.dbPasswordKey" -}}
+{{- if .Values.fleet.database.existingSecret }}{{ .Values.fleet.database.passwordKey }}{{ else }}password{{ end }}
+{{- end }}
+
+{{/*
+What the fleet service needs from the rest of the chart, checked before anything renders: a database user of its
+own on the chart's MySQL (the MySQL pod sets its password on every start, so sharing MLflow's or root would
+overwrite theirs).
+*/}}
+{{- define "edgeops.fleet.check" -}}
+{{- if include "edgeops.fleet.usesChartMysql" . }}
+{{- if or (eq .Values.fleet.database.username .Values.mysql.auth.username) (eq .Values.fleet.database.username "root") }}
+{{- fail (printf "fleet.database.username %q is taken (MLflow's user or root): the fleet service needs a user of its own" .Values.fleet.database.username) }}
+{{- end }}
+{{- if eq .Values.fleet.database.name .Values.mysql.auth.database }}
+{{- fail (printf "fleet.database.name %q is MLflow's database: the fleet service needs a database of its own" .Values.fleet.database.name) }}
+{{- end }}
+{{- end }}
 {{- end }}

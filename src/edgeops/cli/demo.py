@@ -22,8 +22,12 @@ def demo(
     model_name: ModelNameOption = None,
     dataset: DatasetOption = Dataset.mat,
     runner: RunnerOption = None,
+    fleet_devices: Annotated[
+        int, typer.Option(min=0, help="mat: simulated devices that then report to the fleet dashboard (0: none)")
+    ] = 3,
+    fleet_seconds: Annotated[float, typer.Option(min=1, help="how long the simulated devices run")] = 20.0,
 ) -> None:
-    """Start the stack, run the pipeline, then fetch and run the promoted model as a device would."""
+    """Start the stack, run the pipeline, fetch and run the promoted model as a device would, show a small fleet."""
     from edgeops.pipeline.demo import run_demo
 
     settings = with_runner(Settings(), runner)
@@ -82,9 +86,26 @@ def demo(
     for name, value in rows:
         table.add_row(name, value)
     console.print(table)
+    if fleet_devices and dataset == Dataset.mat:
+        _fleet(settings, summary["model_name"], fleet_devices, fleet_seconds)
     console.print(f"summary: {settings.out_dir / 'demo' / 'summary.json'}")
     console.print(f"MLflow UI: {summary['mlflow_tracking_uri']}   device manifest: {summary['manifest_url']}")
     console.print("the stack keeps running; stop it with [bold]make down[/]")
+
+
+def _fleet(settings: Settings, model_name: str, devices: int, seconds: float) -> None:
+    """A few simulated devices install the promoted release and report; the dashboard shows them."""
+    from edgeops.fleet.simulate import simulate
+
+    with console.status(f"{devices} simulated devices install {model_name} and report for {seconds:g} s …"):
+        # Four times the mat's pace, so that a few devices in a few seconds see all of the recordings.
+        result = simulate(
+            settings, devices, seconds, prefix="demo", model_name=model_name, report_interval_s=2.0, speed=4.0
+        )
+    console.print(
+        f"fleet: {result.devices} simulated devices reported {result.stored:,} messages ({result.lost} lost); "
+        f"dashboard: [bold]{settings.fleet_url}/[/]"
+    )
 
 
 def _runner_row(summary: dict[str, Any]) -> str:

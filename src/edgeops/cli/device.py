@@ -14,6 +14,8 @@ from edgeops.settings import Dataset, Settings, check_name
 
 if TYPE_CHECKING:
     from edgeops.datasets.mat import Frame
+    from edgeops.device.agent import Agent
+    from edgeops.device.telemetry import AgentReporter, BrokerCredentials
 
 app = typer.Typer()
 
@@ -55,8 +57,16 @@ def agent(
         Dataset | None,
         typer.Option(help="the data this device feeds (default: the track whose model --model names, else mat)"),
     ] = None,
+    device_id: Annotated[
+        str | None,
+        typer.Option(help="report to the fleet as this device (its credentials from `edgeops fleet add-device`)"),
+    ] = None,
+    broker_credentials: Annotated[
+        Path | None,
+        typer.Option(dir_okay=False, help="the device's broker credentials (default: <state>/fleet/devices/ID.json)"),
+    ] = None,
 ) -> None:
-    """The edge agent: install signed releases safely, and classify frames with the installed model."""
+    """The edge agent: install signed releases safely, classify frames with the installed model, report to the fleet."""
     from edgeops.device.state import StateDirBusyError, StateLock
 
     settings = Settings()
@@ -66,8 +76,36 @@ def agent(
     except StateDirBusyError as error:
         errors.print(f"[bold red]error:[/] {error}", highlight=False)
         raise SystemExit(1) from None
+    credentials = None
+    if device_id is not None:
+        from edgeops.device.telemetry import BrokerCredentials
+
+        try:
+            credentials = BrokerCredentials.load(
+                broker_credentials or settings.device_credentials_dir / f"{check_name('device id', device_id)}.json"
+            )
+        except InputError as error:
+            errors.print(f"[bold red]error:[/] {'; '.join(error.problems)}", highlight=False)
+            raise SystemExit(1) from None
+        if credentials.device_id != device_id:
+            errors.print(f"[bold red]error:[/] those credentials are {credentials.device_id!r}'s, not {device_id!r}'s")
+            raise SystemExit(1)
     with lock:
-        _agent(settings, state_dir, source, interval, once, model, channel, root, repository, speed, repeat, track)
+        _agent(
+            settings,
+            state_dir,
+            source,
+            interval,
+            once,
+            model,
+            channel,
+            root,
+            repository,
+            speed,
+            repeat,
+            track,
+            credentials,
+        )
 
 
 def _agent(
@@ -83,23 +121,60 @@ def _agent(
     speed: float,
     repeat: bool,
     track: Dataset | None,
+    credentials: BrokerCredentials | None,
 ) -> None:
-    from edgeops.device.agent import Agent, AgentError
-    from edgeops.device.loop import run
+    from edgeops.device.agent import Agent
+    from edgeops.device.telemetry import AgentReporter, Telemetry
 
     device = Agent(settings, state_dir, model, channel, repository, root, report=report, track=track)
     device.check_installed()
+    reporter = None
+    if credentials is not None:
+        chambers = settings.mat.data.channel_columns if device.track == Dataset.mat else []
+        reporter = AgentReporter(device, Telemetry(credentials, state_dir, settings.fleet).start(), chambers)
+        console.print(f"reporting as {credentials.device_id} to mqtt://{credentials.host}:{credentials.port}")
+    try:
+        _work(settings, device, reporter, source, interval, once, speed, repeat)
+    finally:
+        if reporter is not None:
+            drained = reporter.telemetry.drain(settings.fleet.drain_timeout_s)
+            queued = reporter.telemetry.outbox.counts()[0]
+            reporter.telemetry.close()
+            if not drained:
+                console.print(f"{queued} telemetry message(s) stay queued on disk; they are sent on the next start")
+
+
+def _work(
+    settings: Settings,
+    device: Agent,
+    reporter: AgentReporter | None,
+    source: str | None,
+    interval: float | None,
+    once: bool,
+    speed: float,
+    repeat: bool,
+) -> None:
+    from edgeops.device.agent import AgentError
+    from edgeops.device.loop import run
+
     if once:
         failed = False
         try:
-            stats = device.poll()
-            console.print(
-                f"{stats.outcome}; {stats.requests} requests, {stats.metadata_bytes} metadata bytes, "
-                f"{stats.target_bytes} target bytes, {stats.seconds:.2f} s"
-            )
+            if reporter is not None:
+                reporter.poll()
+            else:
+                device.poll()
+            stats = device.state.status.last_poll
+            if stats is not None:
+                console.print(
+                    f"{stats.outcome}; {stats.requests} requests, {stats.metadata_bytes} metadata bytes, "
+                    f"{stats.target_bytes} target bytes, {stats.seconds:.2f} s"
+                )
         except AgentError as error:  # any Exception of a poll arrives as one, recorded in status.json
             failed = True
             errors.print(f"[bold red]poll failed:[/] {error}", highlight=False)
+        if reporter is not None:
+            reporter.report()
         running = device.state.running_model()
         if running is None:
             errors.print("[bold red]no verified model is installed[/]")
@@ -121,7 +196,7 @@ def _agent(
         f"polling {device.repository_url} every {interval or settings.agent.poll_interval_s:g} s; Ctrl-C stops"
     )
     try:
-        run(device, interval or settings.agent.poll_interval_s, frames, report)
+        run(device, interval or settings.agent.poll_interval_s, frames, report, reporter=reporter)
     except KeyboardInterrupt:
         console.print("stopped")
 

@@ -18,7 +18,14 @@ from edgeops.datasets import signature_for
 from edgeops.device.installer import install, reject
 from edgeops.device.smoke import smoke_test
 from edgeops.device.state import DeviceState, Failure, PollStats, Report, now
-from edgeops.device.updater import FAILURE_KINDS, AgentError, MeteredFetcher, ReleaseUpdater, describe
+from edgeops.device.updater import (
+    FAILURE_KINDS,
+    AgentError,
+    MeteredFetcher,
+    ReleaseUpdater,
+    describe,
+    refusal_reason,
+)
 from edgeops.errors import EdgeopsError
 from edgeops.ota.release import Release
 from edgeops.settings import Dataset, Settings
@@ -96,7 +103,7 @@ class Agent:
             self.state.update_status(
                 last_check=at,
                 last_error=message,
-                last_failure=Failure(at=at, type=type(cause).__name__, message=message),
+                last_failure=Failure(at=at, type=type(cause).__name__, message=message, reason=refusal_reason(error)),
                 failures_in_a_row=self.state.status.failures_in_a_row + 1,
                 **({"last_poll": stats} if stats is not None else {}),
             )
@@ -110,7 +117,9 @@ class Agent:
         updater, newest = self.updater.refresh(fetcher)
         version, release_target = newest.version, newest.target
         if newest.track is not None and newest.track != self.track:  # refused before any download
-            raise AgentError(self._wrong_track(version, f"is signed for the {newest.track} track"), "wrong-track")
+            raise AgentError(
+                self._wrong_track(version, f"is signed for the {newest.track} track"), "wrong-track", version
+            )
         installed = self.state.installed()
         current = installed.current
         if current is not None and version < current.version:
@@ -118,6 +127,7 @@ class Agent:
                 f"the repository's newest {self.channel} release is version {version}, but version "
                 f"{current.version} is installed: refusing to go back (rollback attack or a reset repository)",
                 "rollback",
+                version,
             )
         if current is not None and current.release_target == release_target and self.state.is_intact(current):
             return f"up to date at v{version}"
@@ -127,7 +137,7 @@ class Agent:
         release = self.updater.fetch_release(updater, release_target, version)
         mismatches = self._mismatches(release)
         if mismatches:  # refused before the model is downloaded
-            raise AgentError(self._wrong_track(version, "; ".join(mismatches)), "wrong-track")
+            raise AgentError(self._wrong_track(version, "; ".join(mismatches)), "wrong-track", version)
         candidate = self.updater.fetch_model(updater, release)
         try:
             smoke_test(candidate, release, self.config.smoke_tolerance)
@@ -136,6 +146,7 @@ class Agent:
             raise AgentError(
                 f"release v{version} ({release.sha256[:12]}) failed its smoke test and was not installed: {error}",
                 "smoke-test",
+                version,
             ) from None
         install(self.state, installed, candidate, release, release_target)
         return f"installed v{version}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
     import torch
 
     from edgeops.datasets.mat import Frame
+    from edgeops.device.telemetry import AgentReporter
     from edgeops.runtime import Program
 
 
@@ -60,13 +62,16 @@ class Predictor:
         window = self.window.push(frame.pressures)
         if window is None:
             return None
+        started = time.perf_counter()
         logits = self.program(torch.tensor(window, dtype=torch.float32))[0]
+        latency_ms = (time.perf_counter() - started) * 1000
         return {
             "at": now(),
             "time": frame.arrival.isoformat(timespec="milliseconds"),
             "version": self.model.version,
             "label": label_for(logits, self.model.labels),
             "logits": [round(float(v), 4) for v in logits],
+            "latency_ms": round(latency_ms, 4),
         }
 
 
@@ -76,10 +81,13 @@ def run(
     frames: Iterator[Frame] | None,
     report: Report,
     stop: threading.Event | None = None,
+    reporter: AgentReporter | None = None,
 ) -> None:
-    """Poll every `interval_s` in the background while classifying frames (if any) in the foreground."""
+    """Poll every `interval_s` in the background while classifying frames (if any) in the foreground;
+    with a `reporter`, also report to the fleet every `reporter.telemetry.config.report_interval_s`."""
     stop = stop or threading.Event()
     changed = threading.Event()
+    poll = reporter.poll if reporter else agent.poll
 
     def poll_forever() -> None:
         """Every cycle, whatever it raises (an Exception: KeyboardInterrupt and SystemExit still stop it)."""
@@ -87,9 +95,10 @@ def run(
             while not stop.is_set():
                 try:
                     before = agent.state.installed().current
-                    stats = agent.poll()
+                    poll()
                     if agent.state.installed().current != before:
-                        report(f"[agent] {stats.outcome} in {stats.seconds:.2f} s")
+                        last = agent.state.status.last_poll
+                        report(f"[agent] {last.outcome} in {last.seconds:.2f} s" if last else "[agent] installed")
                         changed.set()
                 except AgentError as error:  # recorded in status.json by poll()
                     report(f"[agent] poll failed, keeping the running model; retrying in {interval_s:g} s: {error}")
@@ -100,8 +109,18 @@ def run(
         finally:
             stop.set()  # a poller that is gone ends the agent rather than leave it running without updates
 
+    def report_forever(reporter: AgentReporter) -> None:
+        every = reporter.telemetry.config.report_interval_s
+        while not stop.wait(every):
+            try:
+                reporter.report()
+            except Exception as error:  # a full disk must not stop the agent: the model keeps running
+                report(f"[agent] could not queue telemetry: {error}")
+
     poller = threading.Thread(target=poll_forever, name="edgeops-poller", daemon=True)
     poller.start()
+    if reporter is not None:
+        threading.Thread(target=report_forever, args=(reporter,), name="edgeops-reporter", daemon=True).start()
     try:
         if frames is None:
             while not stop.wait(3600):
@@ -119,6 +138,12 @@ def run(
                     predictor = Predictor(agent, predictor.window.frames if predictor else ())
                     report(f"[agent] running v{predictor.model.version} ({predictor.role})")
                 prediction = predictor.feed(frame)
+                if reporter is not None:
+                    reporter.observe(
+                        frame.pressures,
+                        prediction["label"] if prediction else None,
+                        prediction["latency_ms"] / 1000 if prediction else None,
+                    )
                 if prediction is not None:
                     log.write(json.dumps(prediction) + "\n")
                     log.flush()

@@ -89,6 +89,7 @@ class Failure(BaseModel):
     at: str
     type: str  # the exception's class, e.g. ExpiredMetadataError, NotADirectoryError, AgentError
     message: str
+    reason: str | None = None  # the shared refusal word (edgeops.device.updater.REFUSAL_REASONS)
 
 
 class Status(BaseModel):

@@ -36,9 +36,10 @@ class AgentError(EdgeopsError):
     `reason` is the shared refusal word (REFUSAL_REASONS) when the agent itself refused; None when the cause says it.
     """
 
-    def __init__(self, message: str, reason: str | None = None) -> None:
+    def __init__(self, message: str, reason: str | None = None, version: int | None = None) -> None:
         super().__init__(message)
         self.reason = reason
+        self.version = version  # the release refused, when the agent knew which
 
 
 class NewestRelease(NamedTuple):

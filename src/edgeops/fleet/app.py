@@ -1,0 +1,76 @@
+"""The fleet service's HTTP side: a small JSON API with rate limits, and the dashboard that reads it."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from slowapi import Limiter, _rate_limit_exceeded_handler
+from slowapi.errors import RateLimitExceeded
+from slowapi.util import get_remote_address
+
+from edgeops.device.messages import json_schema
+from edgeops.fleet.store import Store
+from edgeops.fleet.summary import fleet_summary
+from edgeops.settings import Settings
+
+DASHBOARD = Path(__file__).parent / "dashboard"
+
+
+@cache
+def plotly_js() -> str:
+    """Plotly's own bundle from its Python package: the dashboard needs no network."""
+    from plotly.offline import get_plotlyjs
+
+    return str(get_plotlyjs())
+
+
+def create_app(settings: Settings, store: Store, reference: dict[str, list[float]] | None = None) -> FastAPI:
+    limit = settings.fleet.rate_limit
+    limiter = Limiter(key_func=get_remote_address, default_limits=[limit])
+    app = FastAPI(title="edgeops fleet", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.state.limiter = limiter
+    app.add_exception_handler(RateLimitExceeded, _rate_limit_exceeded_handler)  # type: ignore[arg-type]
+    training = reference or {}
+
+    @app.get("/api/health")
+    def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    @app.get("/api/fleet")
+    @limiter.limit(limit)
+    def fleet(request: Request) -> JSONResponse:
+        return JSONResponse(fleet_summary(store, training, settings.fleet))
+
+    @app.get("/api/devices")
+    @limiter.limit(limit)
+    def devices(request: Request) -> list[dict[str, Any]]:
+        return store.devices()
+
+    @app.get("/api/counters")
+    @limiter.limit(limit)
+    def counters(request: Request) -> dict[str, Any]:
+        stored = store.stored_per_device()
+        return store.counters() | {
+            "devices": {device: {"stored": n, "max_seq": top} for device, (n, top) in stored.items()}
+        }
+
+    @app.get("/api/schema")
+    def schema() -> dict[str, object]:
+        return json_schema()
+
+    @app.get("/static/plotly.min.js")
+    def plotly() -> Response:
+        return Response(plotly_js(), media_type="application/javascript", headers={"Cache-Control": "max-age=86400"})
+
+    app.mount("/static", StaticFiles(directory=DASHBOARD), name="static")
+
+    @app.get("/")
+    def dashboard() -> FileResponse:
+        return FileResponse(DASHBOARD / "index.html")
+
+    return app
