@@ -357,6 +357,9 @@ class ReleaseConfig(BaseModel):
     root_key_dir: Path = Path.home() / ".config" / "edgeops" / "tuf-root-key"
     channels: list[str] = ["stable", "canary"]
     channel: str = "stable"
+    # The share of the channel's devices promote publishes for: below 100, a staged rollout that
+    # `edgeops rollout start` then widens step by step while the devices stay healthy (docs/fleet.md).
+    rollout_percent: int = Field(100, ge=1, le=100)
     # Short timestamp expiry limits how long a frozen repository can fool a device;
     # `edgeops release heartbeat` re-signs it (run it from cron or a CronJob).
     timestamp_expiry_s: int = Field(86_400, ge=1)

@@ -123,6 +123,9 @@ def replay(vectors: list[Vector], repositories: Repositories, client: Client, st
     verdicts = {}
     for vector in vectors:
         state_dir = state_root / vector.name
+        if vector.body.get("device_id"):  # both clients place themselves in rollouts by this file
+            state_dir.mkdir(parents=True, exist_ok=True)
+            (state_dir / "device-id").write_text(vector.body["device_id"] + "\n")
         for step in vector.steps:
             url = repositories.serve(vector, step)
             verdicts[f"{vector.name}/{step['repository']}"] = client(vector, url, state_dir)

@@ -17,6 +17,7 @@ import torch
 
 from edgeops.device.ble import FrameError, decode
 from edgeops.device.loop import FrameWindow, label_for
+from edgeops.ota.release import cohort_position
 from edgeops.settings import MatDataConfig
 
 VECTORS = Path(__file__).resolve().parents[2] / "android" / "device-core" / "src" / "test" / "resources" / "vectors"
@@ -118,12 +119,29 @@ def window_vectors(config: MatDataConfig) -> dict[str, Any]:
     return {"chambers": len(config.channel_columns), "runs": runs, "labels": label_cases}
 
 
+def cohort_vectors() -> dict[str, Any]:
+    """Staged rollouts: each device's place, as edgeops.ota.release.cohort_position gives it (OtaClient's Cohort.kt)."""
+    devices = [f"device-{index}" for index in range(40)] + ["", "kitchen-mat", "ÿ-ünïcode", "x" * 300]
+    models = ["mat-occupancy", "pmd-posture"]
+    return {
+        "cases": [
+            {"device_id": device, "model": model, "position": cohort_position(device, model)}
+            for device in devices
+            for model in models
+        ]
+    }
+
+
 def render(config: MatDataConfig | None = None) -> dict[str, str]:
     """File name → JSON text, as committed."""
     config = config or MatDataConfig()
     return {
         name: json.dumps(content, indent=1) + "\n"
-        for name, content in (("frames.json", frame_vectors(config)), ("windows.json", window_vectors(config)))
+        for name, content in (
+            ("frames.json", frame_vectors(config)),
+            ("windows.json", window_vectors(config)),
+            ("cohorts.json", cohort_vectors()),
+        )
     }
 
 

@@ -73,6 +73,12 @@ def test_a_fleet_is_stored_and_summarised(store: Store) -> None:
     shifted = fleet_summary(store, {"Float1": drift["training"]}, CONFIG.model_copy(update={"drift_min_samples": 100}))
     assert shifted["drift"][0]["flagged"]
     assert summary["counters"]["stored"] == len(batch)
+    health = store.release_health("mat-occupancy", [2, 3], datetime.now(UTC) - timedelta(minutes=5))
+    assert (health["devices_running"], health["devices_reporting"]) == (3, 3)
+    assert (health["installed"], health["refused"], health["refusal_reasons"]) == (3, 1, {"smoke-test": 1})
+    assert health["inferences"] == 180 and health["classes"] == {"occupied": 120, "empty_or_cat": 60}
+    assert health["latency_p95_ms"] == pytest.approx(0.4)
+    assert store.release_health("another-model", [2, 3], datetime.now(UTC) - timedelta(minutes=5))["installed"] == 0
 
 
 def test_duplicates_replays_and_bad_messages_are_counted_never_stored(store: Store) -> None:

@@ -32,7 +32,7 @@ from tuf.api.serialization.json import JSONSerializer
 from edgeops.files import sha256_bytes
 from edgeops.ota.keys import Keyring, init_keys, rotate_root, utc_now
 from edgeops.ota.publisher import heartbeat, rollback
-from edgeops.ota.release import METADATA
+from edgeops.ota.release import METADATA, cohort_position
 from edgeops.settings import Dataset, Settings
 from edgeops.stack.s3 import s3_client
 from tests.support.releases import TinyModel, draft, release, tiny_model, unique_model_name
@@ -61,6 +61,7 @@ class Vector:
     model_name: str
     track: Dataset = Dataset.mat
     channel: str = "stable"
+    device_id: str | None = None  # the device's id for staged rollouts; None: the one its state directory makes
     steps: list[dict[str, Any]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -102,6 +103,7 @@ class Vector:
             "model_name": self.model_name,
             "channel": self.channel,
             "track": str(self.track),
+            "device_id": self.device_id,
             "steps": self.steps,
         }
         (self.directory / VECTOR_FILE).write_text(json.dumps(body, indent=2) + "\n")
@@ -227,6 +229,24 @@ def build_vectors(settings: Settings, directory: Path) -> list[Path]:
     good.step("installed", (2, two))
     good.step("unchanged", (2, two))
     vectors.append(good)
+
+    for name, inside in (("staged-rollout-inside", True), ("staged-rollout-outside", False)):
+        staged = vector(name)
+        staged.device_id = next(  # a device on the chosen side of a 30 % rollout of this model
+            device
+            for device in (f"device-{index}" for index in range(1000))
+            if (cohort_position(device, staged.model_name) < 30) == inside
+        )
+        release(settings, staged.model_name, one)
+        staged.step("installed", (1, one))
+        release(settings, staged.model_name, two, rollout_percent=30)
+        if inside:
+            staged.step("installed", (2, two))
+        else:
+            staged.step("unchanged", (1, one))
+        release(settings, staged.model_name, two)  # the next step: every device
+        staged.step("installed", (3, two))
+        vectors.append(staged)
 
     tampered = on_v1_then_v2("tampered-target")
     tampered.step("refused", (1, one), "hash", replace_bytes(model_file(two), flip_last_byte))

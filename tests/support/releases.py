@@ -34,23 +34,28 @@ class TinyModel:
         return sha256_bytes(self.data)
 
 
-@cache
-def tiny_model(seed: int, track: Dataset = Dataset.mat) -> TinyModel:
-    """A linear classifier with `track`'s model signature (default settings), lowered to XNNPACK; distinct per seed."""
+def lowered(model: torch.nn.Module, example: torch.Tensor, signature: ModelSignature) -> TinyModel:
+    """`model` lowered to XNNPACK, with its output on `example` recorded for the smoke test."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    signature = signature_for(track, Settings())
-    torch.manual_seed(seed)
-    inputs = int(torch.tensor(signature.input_shape).prod())
-    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(inputs, len(signature.labels))).eval()
-    example = torch.randn(*signature.input_shape)
     program = to_edge_transform_and_lower(
         torch.export.export(model, (example,)), partitioner=[XnnpackPartitioner()]
     ).to_executorch()
     with torch.no_grad():
         output = model(example)
     return TinyModel(bytes(program.buffer), example.tolist(), output.tolist(), signature)
+
+
+@cache
+def tiny_model(seed: int, track: Dataset = Dataset.mat) -> TinyModel:
+    """A linear classifier with `track`'s model signature (default settings), lowered to XNNPACK; distinct per seed."""
+    signature = signature_for(track, Settings())
+    torch.manual_seed(seed)
+    inputs = int(torch.tensor(signature.input_shape).prod())
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(inputs, len(signature.labels))).eval()
+    example = torch.randn(*signature.input_shape)
+    return lowered(model, example, signature)
 
 
 def unique_model_name(prefix: str = "ota") -> str:
@@ -87,3 +92,41 @@ def release(settings: Settings, name: str, model: TinyModel, channel: str = "sta
         draft(name, model, channel, **changes),
         model.data,
     )
+
+
+@cache
+def mat_model(kind: str = "baseline") -> TinyModel:
+    """A mat model with chosen weights, so a simulated fleet sees both classes and faults are real programs.
+
+    It says `occupied` when the first chamber's pressure, averaged over the window, is above a threshold (the
+    real recordings sit near 98.2 kPa empty and 100 kPa occupied). `candidate` moves the threshold a little
+    (a healthy new model); `collapse` always says `occupied`; `slow` also runs a dead branch of forty 512-wide
+    layers, some hundred times the baseline's time.
+    """
+    signature = signature_for(Dataset.mat, Settings())
+    frames, chambers = signature.input_shape[1], signature.input_shape[2]
+    threshold = {"baseline": 99_000.0, "candidate": 98_900.0, "collapse": 0.0, "slow": 99_000.0}[kind]
+
+    class ThresholdModel(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.head = torch.nn.Linear(frames * chambers, 2)
+            with torch.no_grad():
+                self.head.weight.zero_()
+                self.head.weight[1, 0::chambers] = 0.01 / frames
+                self.head.bias.copy_(torch.tensor([0.0, -0.01 * threshold]))
+            self.dead = torch.nn.Linear(512, 512) if kind == "slow" else None
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            flat = x.flatten(1)
+            logits = self.head(flat)
+            if self.dead is not None:  # the same layer forty times: much work, few bytes
+                wide = (flat / 1e5).repeat(1, 512 // (frames * chambers))
+                for _ in range(40):
+                    wide = torch.tanh(self.dead(wide))
+                logits = logits + wide.sum(dim=1, keepdim=True) * 1e-9
+            return logits
+
+    model = ThresholdModel().eval()
+    example = torch.full(signature.input_shape, 99_500.0) + torch.randn(*signature.input_shape) * 50
+    return lowered(model, example, signature)

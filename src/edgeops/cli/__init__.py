@@ -10,14 +10,21 @@ import warnings
 
 import typer
 
-from edgeops.cli import bench, data, demo, device, fleet, keys, pipeline, release, stack, stages
+from edgeops.cli import bench, data, demo, device, fleet, keys, pipeline, release, rollout, stack, stages
 from edgeops.cli.output import errors
 from edgeops.errors import EdgeopsError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 for group in (stack, stages, demo, device, bench):  # commands at the top level
     app.add_typer(group.app)
-for name, group in (("pipeline", pipeline), ("keys", keys), ("release", release), ("data", data), ("fleet", fleet)):
+for name, group in (
+    ("pipeline", pipeline),
+    ("keys", keys),
+    ("release", release),
+    ("data", data),
+    ("fleet", fleet),
+    ("rollout", rollout),
+):
     app.add_typer(group.app, name=name)
 
 

@@ -126,7 +126,17 @@ def _agent(
     from edgeops.device.agent import Agent
     from edgeops.device.telemetry import AgentReporter, Telemetry
 
-    device = Agent(settings, state_dir, model, channel, repository, root, report=report, track=track)
+    device = Agent(
+        settings,
+        state_dir,
+        model,
+        channel,
+        repository,
+        root,
+        report=report,
+        track=track,
+        device_id=credentials.device_id if credentials else None,
+    )
     device.check_installed()
     reporter = None
     if credentials is not None:

@@ -75,7 +75,8 @@ def serve() -> None:
     host = config.http_host or settings.host
     console.print(f"fleet dashboard on http://{host}:{config.http_port}/ (database {store.engine.url!r})")
     try:
-        uvicorn.run(create_app(settings, store, reference), host=host, port=config.http_port, log_level="warning")
+        app = create_app(settings, store, reference, settings.state_dir.resolve() / "rollouts")
+        uvicorn.run(app, host=host, port=config.http_port, log_level="warning")
     finally:
         subscriber.stop()
         store.close()

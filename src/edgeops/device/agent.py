@@ -27,7 +27,7 @@ from edgeops.device.updater import (
     refusal_reason,
 )
 from edgeops.errors import EdgeopsError
-from edgeops.ota.release import Release
+from edgeops.ota.release import Release, cohort_position
 from edgeops.settings import Dataset, Settings
 
 __all__ = ["Agent", "AgentError"]
@@ -48,9 +48,11 @@ class Agent:
         trusted_root: Path | None = None,
         report: Report | None = None,
         track: Dataset | None = None,
+        device_id: str | None = None,
     ) -> None:
         """`track` is the kind of data this device feeds its model; by default the track whose row in the
-        track table names `model_name`, else the mat's."""
+        track table names `model_name`, else the mat's. `device_id` places the device in staged rollouts; by
+        default an id made once for the state directory."""
         self.config = settings.agent
         self.model_name = model_name or settings.mat.model_name
         self.track = track or settings.track_of(self.model_name) or Dataset.mat
@@ -61,12 +63,14 @@ class Agent:
         self.state = DeviceState(
             state_dir or self.config.state_dir, self.model_name, self.track, self.channel, self.repository_url
         )
+        self.device_id = device_id or self.state.identity()
         self.updater = ReleaseUpdater(
             self.state,
             self.repository_url,
             trusted_root or settings.release.keys_dir / "root.json",
             self.model_name,
             self.channel,
+            cohort_position(self.device_id, self.model_name),
         )
         self._lock = threading.Lock()
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
@@ -62,9 +61,8 @@ class Predictor:
         window = self.window.push(frame.pressures)
         if window is None:
             return None
-        started = time.perf_counter()
         logits = self.program(torch.tensor(window, dtype=torch.float32))[0]
-        latency_ms = (time.perf_counter() - started) * 1000
+        latency_ms = self.program.last_ms
         return {
             "at": now(),
             "time": frame.arrival.isoformat(timespec="milliseconds"),
@@ -143,6 +141,7 @@ def run(
                         frame.pressures,
                         prediction["label"] if prediction else None,
                         prediction["latency_ms"] / 1000 if prediction else None,
+                        predictor.model.version,
                     )
                 if prediction is not None:
                     log.write(json.dumps(prediction) + "\n")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,7 @@ from edgeops.ota.release import METADATA
 from edgeops.settings import Dataset, check_sha256
 
 DEVICE_FILE = "device.json"
+IDENTITY_FILE = "device-id"  # the device's id for staged rollouts, when it is given none
 INSTALLED_FILE = "installed.json"
 STATUS_FILE = "status.json"
 PREDICTIONS_FILE = "predictions.jsonl"
@@ -122,6 +124,13 @@ class DeviceState:
         self.status = self._load_status() or Status(
             model_name=model_name, track=track, channel=channel, repository=repository
         )
+
+    def identity(self) -> str:
+        """This device's id where it has no other: made once, kept in the state directory."""
+        path = self.root / IDENTITY_FILE
+        if not path.is_file():
+            write_atomically(path, f"device-{secrets.token_hex(8)}\n".encode())
+        return path.read_text().strip()
 
     def _bind(self, wanted: Binding) -> None:
         """Tie a new directory to one repository; refuse, before touching anything, one that follows another."""
@@ -217,7 +226,7 @@ class DeviceState:
     def remove_temporaries(self) -> None:
         """What a killed agent's atomic writes left beside the files they replace (`.<name>.<hex>.tmp`).
         Only at start, when no other agent writes here: `edgeops agent` holds the directory's lock by then."""
-        for name in (DEVICE_FILE, INSTALLED_FILE, STATUS_FILE):
+        for name in (DEVICE_FILE, INSTALLED_FILE, STATUS_FILE, IDENTITY_FILE):
             for path in self.root.glob(f".{name}.*.tmp"):
                 path.unlink(missing_ok=True)
 

@@ -297,6 +297,7 @@ class AgentReporter:
         self.interval = IntervalStats(chambers, telemetry.config)
         self._lock = threading.Lock()
         self._running: tuple[int, str] | None = None
+        self._version: int | None = None  # the release whose predictions the current interval holds
 
     def poll(self) -> None:
         """One poll of the agent, with its outcome reported; raises what the poll raises."""
@@ -305,7 +306,7 @@ class AgentReporter:
             self.agent.poll()
         except AgentError as error:
             reason = refusal_reason(error)
-            version = getattr(error, "version", None)
+            version = _refused_version(error)
             if reason == "smoke-test":
                 self.telemetry.event("smoke-test", version=version, passed=False, detail=str(error)[:1000])
             self.telemetry.event("refused", version=version, reason=reason, detail=str(error)[:1000])
@@ -315,8 +316,15 @@ class AgentReporter:
             self.telemetry.event("smoke-test", version=after.version, sha256=after.sha256, passed=True)
             self.telemetry.event("installed", version=after.version, sha256=after.sha256)
 
-    def observe(self, pressures: Sequence[float], label: str | None, latency_s: float | None) -> None:
+    def observe(
+        self, pressures: Sequence[float], label: str | None, latency_s: float | None, version: int | None = None
+    ) -> None:
+        """One frame, and what the model running `version` made of it (None: nothing ran on it)."""
         with self._lock:
+            if version is not None and self._version is not None and version != self._version:
+                self.telemetry.stats(self.interval, self._version)  # statistics belong to one release each
+            if version is not None:
+                self._version = version
             self.interval.observe(pressures, label, latency_s)
 
     def report(self) -> None:
@@ -338,4 +346,14 @@ class AgentReporter:
             (running[0].version, running[0].sha256, running[1]) if running else None,
         )
         with self._lock:
-            self.telemetry.stats(self.interval, running[0].version if running else None)
+            self.telemetry.stats(self.interval, self._version or (running[0].version if running else None))
+
+
+def _refused_version(error: BaseException) -> int | None:
+    """The release a poll refused, if the agent knew it: poll() wraps the refusal, so look down the chain."""
+    cause: BaseException | None = error
+    while cause is not None:
+        if isinstance(cause, AgentError) and cause.version is not None:
+            return cause.version
+        cause = cause.__cause__
+    return None

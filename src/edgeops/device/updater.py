@@ -48,6 +48,7 @@ class NewestRelease(NamedTuple):
     version: int
     target: str  # the descriptor's target path
     track: str | None  # the dataset the release is for; None in releases published before tracks were signed
+    rollout: int = 100  # the percentage of devices it is for (staged rollouts)
 
 
 class MeteredFetcher(Urllib3Fetcher):
@@ -213,8 +214,16 @@ class ReleaseUpdater:
     """One poll's view of one model's repository, verified by python-tuf, for one channel."""
 
     def __init__(
-        self, state: DeviceState, repository_url: str, trusted_root: Path, model_name: str, channel: str
+        self,
+        state: DeviceState,
+        repository_url: str,
+        trusted_root: Path,
+        model_name: str,
+        channel: str,
+        cohort: float = 0.0,
     ) -> None:
+        """`cohort`: where this device sits in staged rollouts (edgeops.ota.release.cohort_position)."""
+        self.cohort = cohort
         self.state = state
         self.repository_url = repository_url
         self.trusted_root = trusted_root
@@ -278,16 +287,30 @@ class ReleaseUpdater:
         )
 
     def _newest_release(self) -> NewestRelease:
-        """Highest version in our channel, from the targets metadata refresh() just verified."""
+        """Highest version in our channel that is for this device (its cohort is inside the release's rollout),
+        from the targets metadata refresh() just verified."""
         targets = Metadata[Targets].from_bytes((self.state.metadata_dir / "targets.json").read_bytes()).signed
         releases = [
-            NewestRelease(int(target.custom["version"]), path, target.custom.get("dataset"))
+            NewestRelease(
+                int(target.custom["version"]),
+                path,
+                target.custom.get("dataset"),
+                int(target.custom.get("rollout", 100)),
+            )
             for path, target in targets.targets.items()
             if path.startswith("releases/") and target.custom.get("channel") == self.channel
         ]
         if not releases:
             raise AgentError(f"{self.model_name} has no release in channel '{self.channel}'", "no-release")
-        return max(releases, key=lambda release: release.version)
+        ours = [release for release in releases if self.cohort < release.rollout]
+        if not ours:
+            newest = max(releases, key=lambda release: release.version)
+            raise AgentError(
+                f"no release of {self.model_name} in channel '{self.channel}' is for this device yet: the newest, "
+                f"v{newest.version}, reaches {newest.rollout} % of devices and this one sits at {self.cohort:.1f} %",
+                "no-release",
+            )
+        return max(ours, key=lambda release: release.version)
 
     def fetch_release(self, updater: Updater, path: str, version: int) -> Release:
         info = updater.get_targetinfo(path)
@@ -310,6 +333,12 @@ class ReleaseUpdater:
             raise AgentError(
                 f"{path} describes {release.model_name} {release.channel} v{release.version}, but is signed as "
                 f"{self.model_name} {self.channel} v{version} (mix-and-match)",
+                "mix-and-match",
+            )
+        if not self.cohort < release.rollout_percent:  # the descriptor narrower than its signed entry
+            raise AgentError(
+                f"{path} (v{version}) is for {release.rollout_percent} % of devices, which leaves out this one "
+                f"({self.cohort:.1f} %), but its signed entry says otherwise (mix-and-match)",
                 "mix-and-match",
             )
         return release

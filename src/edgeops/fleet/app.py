@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from slowapi import Limiter, _rate_limit_exceeded_handler
@@ -29,7 +30,9 @@ def plotly_js() -> str:
     return str(get_plotlyjs())
 
 
-def create_app(settings: Settings, store: Store, reference: dict[str, list[float]] | None = None) -> FastAPI:
+def create_app(
+    settings: Settings, store: Store, reference: dict[str, list[float]] | None = None, rollouts_dir: Path | None = None
+) -> FastAPI:
     limit = settings.fleet.rate_limit
     limiter = Limiter(key_func=get_remote_address, default_limits=[limit])
     app = FastAPI(title="edgeops fleet", docs_url="/api/docs", openapi_url="/api/openapi.json")
@@ -44,7 +47,7 @@ def create_app(settings: Settings, store: Store, reference: dict[str, list[float
     @app.get("/api/fleet")
     @limiter.limit(limit)
     def fleet(request: Request) -> JSONResponse:
-        return JSONResponse(fleet_summary(store, training, settings.fleet))
+        return JSONResponse(fleet_summary(store, training, settings.fleet, rollouts_dir))
 
     @app.get("/api/devices")
     @limiter.limit(limit)
@@ -58,6 +61,18 @@ def create_app(settings: Settings, store: Store, reference: dict[str, list[float
         return store.counters() | {
             "devices": {device: {"stored": n, "max_seq": top} for device, (n, top) in stored.items()}
         }
+
+    @app.get("/api/releases/{model}/health")
+    @limiter.limit(limit)
+    def release_health(request: Request, model: str, versions: str, since: datetime) -> dict[str, Any]:
+        """The evidence a staged rollout decides on: `versions` comma-separated, `since` ISO 8601 with a zone."""
+        try:
+            wanted = [int(v) for v in versions.split(",") if v]
+        except ValueError:
+            raise HTTPException(422, f"versions must be comma-separated integers, not {versions!r}") from None
+        if since.tzinfo is None:
+            raise HTTPException(422, "since needs a time zone (e.g. 2026-12-01T03:00:00+00:00)")
+        return store.release_health(model, wanted, since)
 
     @app.get("/api/schema")
     def schema() -> dict[str, object]:

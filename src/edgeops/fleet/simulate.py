@@ -75,7 +75,7 @@ class SimulatedDevice:
         self.device_id = device_id
         state_dir = Path(plan.root) / device_id
         credentials = BrokerCredentials.load(settings.device_credentials_dir / f"{device_id}.json")
-        self.agent = Agent(settings, state_dir, plan.model_name)
+        self.agent = Agent(settings, state_dir, plan.model_name, device_id=device_id)
         self.agent.check_installed()
         telemetry = Telemetry(credentials, state_dir, settings.fleet).start()
         self.reporter = AgentReporter(self.agent, telemetry, settings.mat.data.channel_columns)
@@ -117,6 +117,7 @@ class SimulatedDevice:
             pressures,
             prediction["label"] if prediction else None,
             prediction["latency_ms"] / 1000 if prediction else None,
+            self.predictor.model.version,
         )
 
     def close(self, drain_s: float) -> None:

@@ -420,6 +420,60 @@ class Store:
                     found[chamber][index] = int(count)
         return dict(found)
 
+    def release_health(self, model: str, versions: list[int], since: datetime) -> dict[str, Any]:
+        """What the devices of `model` reported about these release versions since `since`: the evidence a staged
+        rollout advances or halts on."""
+        of_model = select(devices.c.device_id).where(devices.c.model == model)
+        moment = naive_utc(since)
+        with self.engine.connect() as db:
+            running = db.scalar(
+                select(func.count())
+                .select_from(devices)
+                .where(devices.c.model == model, devices.c.version.in_(versions))
+            )
+            outcomes: Counter[str] = Counter()
+            reasons: Counter[str] = Counter()
+            rows = db.execute(
+                select(events.c.event, events.c.passed, events.c.reason, events.c.device_id).where(
+                    events.c.version.in_(versions), events.c.at >= moment, events.c.device_id.in_(of_model)
+                )
+            ).all()
+            reached: set[str] = set()
+            for event, passed, reason, device_id in rows:
+                reached.add(device_id)
+                outcomes["smoke_failed" if event == "smoke-test" and passed is False else event] += 1
+                if event == "refused":
+                    reasons[str(reason)] += 1
+            interval_rows = db.execute(
+                select(
+                    stats.c.count.label("n"),
+                    stats.c.errors,
+                    stats.c.latency_p50_ms,
+                    stats.c.latency_p95_ms,
+                    stats.c.classes,
+                ).where(stats.c.version.in_(versions), stats.c.at >= moment, stats.c.device_id.in_(of_model))
+            ).all()
+        inferences = sum(row.n for row in interval_rows)
+        timed = [row for row in interval_rows if row.n and row.latency_p95_ms is not None]
+        weight = sum(row.n for row in timed)
+        classes: Counter[str] = Counter()
+        for row in interval_rows:
+            classes.update({str(k): int(v) for k, v in (row.classes or {}).items()})
+        return {
+            "devices_running": int(running or 0),
+            "devices_reporting": len(reached),
+            "installed": outcomes["installed"],
+            "refused": outcomes["refused"],
+            "fell_back": outcomes["fell-back"],
+            "smoke_failed": outcomes["smoke_failed"],
+            "refusal_reasons": dict(reasons),
+            "inferences": inferences,
+            "errors": sum(row.errors for row in interval_rows),
+            "latency_p50_ms": sum(row.latency_p50_ms * row.n for row in timed) / weight if weight else None,
+            "latency_p95_ms": sum(row.latency_p95_ms * row.n for row in timed) / weight if weight else None,
+            "classes": dict(classes),
+        }
+
     def close(self) -> None:
         self.engine.dispose()
 

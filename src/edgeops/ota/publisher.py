@@ -263,6 +263,7 @@ def publish(
         "channel": release.channel,
         "version": release.version,
         "dataset": release.dataset,
+        "rollout": release.rollout_percent,
     }
 
     targets = state.targets if state else Metadata(Targets(expires=expiry(config.targets_expiry_s, now)))
@@ -524,7 +525,31 @@ def rollback(
             known = ", ".join(str(v) for v, _ in releases[:-1]) or "none"
             raise ReleaseError(f"{channel} version {to_version} is not an earlier release (earlier: {known})")
         target = read_release(s3, bucket, model_name, matches[0])
-    release = target.model_copy(
-        update={"rollback_of": to_version, "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
+    release = target.model_copy(  # a rollback is for every device, whatever step the earlier release was
+        update={
+            "rollback_of": to_version,
+            "rollout_percent": 100,
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+    )
+    return publish(s3, bucket, keyring, config, release, None)
+
+
+def widen(
+    s3: S3Client, bucket: str, model_name: str, channel: str, keyring: Keyring, config: ReleaseConfig, percent: int
+) -> Release:
+    """A staged rollout's next step: the channel's newest release re-published, as the next version, for
+    `percent` % of devices. Devices already in the narrower step keep their model (the same sha256)."""
+    state = read_state(s3, bucket, model_name, keyring)
+    current = newest_release(s3, bucket, model_name, state, channel)
+    if current is None:
+        raise ReleaseError(f"{model_name} has no {channel} release to widen")
+    if not current.rollout_percent < percent <= 100:
+        raise ReleaseError(
+            f"{model_name} {channel} v{current.version} is already for {current.rollout_percent} % of devices; "
+            f"a next step must be wider, up to 100 % (asked: {percent} %)"
+        )
+    release = current.model_copy(
+        update={"rollout_percent": percent, "created_at": datetime.now(UTC).isoformat(timespec="seconds")}
     )
     return publish(s3, bucket, keyring, config, release, None)

@@ -13,10 +13,11 @@ Devices import only this module of `ota`: it needs neither keys nor S3.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 METADATA = "metadata"
 LATEST = "latest.json"
@@ -45,9 +46,22 @@ class Release(BaseModel):
     input: dict[str, Any]
     output: dict[str, Any]
     metrics: dict[str, float] = {}
+    # A staged rollout: the share of the channel's devices this release is for (`cohort_position`). Signed with
+    # the rest of the descriptor and in the targets metadata, so nothing unsigned can widen it.
+    rollout_percent: int = Field(100, ge=1, le=100)
     # The smoke test: logits the program gave on this input when it was released.
     reference_input: list[Any]
     reference_output: list[Any]
+
+
+def cohort_position(device_id: str, model_name: str) -> float:
+    """Where a device sits in a model's rollouts, in [0, 100): a release at p % is for the devices below p.
+
+    A hash of the device's id, so a device places itself, the same way on every poll, and a wider step keeps
+    every device of the narrower one.
+    """
+    digest = hashlib.sha256(f"{model_name}/{device_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 * 100
 
 
 def model_target(sha256: str) -> str:

@@ -196,7 +196,9 @@ def publish_registered(
             bucket,
             keyring,
             settings.release,
-            build_release(verified, model_name, channel, version),
+            build_release(verified, model_name, channel, version).model_copy(
+                update={"rollout_percent": settings.release.rollout_percent}
+            ),
             model_bytes,
         )
     except LatestManifestError as error:  # live; reconcile below rewrites latest.json

@@ -58,7 +58,7 @@
     merged.class_mix = {...EMPTY.class_mix, ...(merged.class_mix || {})};
     merged.counters = {...EMPTY.counters, ...(merged.counters || {})};
     merged.counters.rejected = merged.counters.rejected || {};
-    for (const key of ["devices", "releases", "updates", "latency", "drift"]) merged[key] = merged[key] || [];
+    for (const key of ["devices", "releases", "updates", "latency", "drift", "rollouts"]) merged[key] = merged[key] || [];
     merged.refusal_reasons = merged.refusal_reasons || {};
     return merged;
   }
@@ -363,6 +363,23 @@
   }
 
   let lastDoc = normalise(null);
+  function renderRollouts(doc) {
+    $("#rollouts-panel").hidden = !doc.rollouts.length;
+    const rows = doc.rollouts.flatMap((r) => r.steps.map((step, index) => {
+      const decision = step.decision || (step.version ? "baking" : "waiting");
+      const first = index === 0;
+      const rolledBack = r.rollback_version ? ` · rolled back with v${escapeHtml(r.rollback_version)}` : "";
+      return "<tr>" +
+        `<td class="id">${first ? `${escapeHtml(r.model)} · ${escapeHtml(r.channel)}` : ""}</td>` +
+        `<td>${first ? `<span class="badge ${r.status === "halted" ? "offline" : "online"}">${escapeHtml(r.status)}</span>${rolledBack}` : ""}</td>` +
+        `<td>${escapeHtml(step.percent)} %</td>` +
+        `<td>${step.version ? `v${escapeHtml(step.version)}` : "–"}</td>` +
+        `<td>${escapeHtml(decision)}</td>` +
+        `<td class="muted">${escapeHtml(step.why || "")}</td></tr>`;
+    }));
+    $("#rollout-table tbody").innerHTML = rows.join("");
+  }
+
   function renderDevices(doc) {
     const now = doc.generated_at ? Date.parse(doc.generated_at) : Date.now();
     const filter = $("#device-filter").value.trim().toLowerCase();
@@ -404,6 +421,7 @@
     lastDoc = doc;
     renderTiles(doc);
     renderDevices(doc);
+    renderRollouts(doc);
     const at = doc.generated_at ? new Date(doc.generated_at).toLocaleTimeString() : "–";
     $("#footer").textContent = `data as of ${at} · refreshed every ${POLL_MS / 1000} s · ` +
       `drift flagged above PSI ${doc.drift_threshold}`;

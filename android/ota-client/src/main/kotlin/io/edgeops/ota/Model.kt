@@ -14,6 +14,8 @@ data class OtaConfig(
     val stateDir: File,
     val socketTimeoutMs: Int = 10_000,
     val pollDeadlineMs: Long = 120_000,
+    /** Places the device in staged rollouts ([cohortPosition]); null: an id made once for the state directory. */
+    val deviceId: String? = null,
 )
 
 /** The smoke test a downloaded, verified model must pass before it is installed; throws to refuse it. */
@@ -71,6 +73,8 @@ data class Release(
     /** Flattened tensors: the smoke test's input and the output the model gave on it when released. */
     val referenceInput: FloatArray,
     val referenceOutput: FloatArray,
+    /** The share of the channel's devices the release is for (a staged rollout), signed like the rest. */
+    val rolloutPercent: Int = 100,
 )
 
 data class Failure(val at: String, val type: String, val message: String)

@@ -145,9 +145,12 @@ class OtaClient(private val config: OtaConfig, private val modelCheck: ModelChec
         )
     }
 
-    private class Newest(val version: Int, val target: TargetFile, val dataset: String?)
+    private class Newest(val version: Int, val target: TargetFile, val dataset: String?, val rollout: Int)
 
-    /** Highest version in our channel, from the targets metadata refresh() just verified. */
+    /** Where this device sits in staged rollouts. */
+    private val cohort: Double by lazy { cohortPosition(config.deviceId ?: state.identity(), config.modelName) }
+
+    /** Highest version in our channel that is for this device, from the targets metadata refresh() just verified. */
     private fun newestRelease(updater: Updater): Newest {
         val targets = updater.trustedTargets()!!.signed.targets
         val releases = targets.values.mapNotNull { target ->
@@ -157,10 +160,20 @@ class OtaClient(private val config: OtaConfig, private val modelCheck: ModelChec
             }
             val version = (custom["version"] as? JsonPrimitive)?.intOrNull
                 ?: throw OtaRefusal("metadata", "${target.path} is signed without an integer custom.version")
-            Newest(version, target, (custom["dataset"] as? JsonPrimitive)?.content)
+            val rollout = (custom["rollout"] as? JsonPrimitive)?.intOrNull ?: 100
+            Newest(version, target, (custom["dataset"] as? JsonPrimitive)?.content, rollout)
         }
-        return releases.maxByOrNull { it.version }
-            ?: throw OtaRefusal("no-release", "${config.modelName} has no release in channel '${config.channel}'")
+        if (releases.isEmpty()) {
+            throw OtaRefusal("no-release", "${config.modelName} has no release in channel '${config.channel}'")
+        }
+        return releases.filter { cohort < it.rollout }.maxByOrNull { it.version } ?: run {
+            val newest = releases.maxBy { it.version }
+            throw OtaRefusal(
+                "no-release",
+                "no release of ${config.modelName} in channel '${config.channel}' is for this device yet: the newest, " +
+                    "v${newest.version}, reaches ${newest.rollout} % of devices and this one sits at ${"%.1f".format(cohort)} %",
+            )
+        }
     }
 
     private fun fetchRelease(updater: Updater, newest: Newest): Release {
@@ -187,6 +200,13 @@ class OtaClient(private val config: OtaConfig, private val modelCheck: ModelChec
                 "mix-and-match",
                 "$path describes ${release.modelName} ${release.channel} v${release.version}, but is signed as " +
                     "${config.modelName} ${config.channel} v${newest.version} (mix-and-match)",
+            )
+        }
+        if (cohort >= release.rolloutPercent) { // the descriptor narrower than its signed entry
+            throw OtaRefusal(
+                "mix-and-match",
+                "$path (v${newest.version}) is for ${release.rolloutPercent} % of devices, which leaves out this one, " +
+                    "but its signed entry says otherwise (mix-and-match)",
             )
         }
         return release
@@ -277,6 +297,7 @@ class OtaClient(private val config: OtaConfig, private val modelCheck: ModelChec
                 outputShape = shape("output"),
                 referenceInput = flatten(json.getValue("reference_input")).toFloatArray(),
                 referenceOutput = flatten(json.getValue("reference_output")).toFloatArray(),
+                rolloutPercent = json["rollout_percent"]?.jsonPrimitive?.int ?: 100,
             )
         }
 

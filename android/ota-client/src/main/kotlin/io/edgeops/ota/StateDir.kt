@@ -68,6 +68,16 @@ internal class StateDir(val root: File, modelName: String, track: String) {
         write(device, buildJsonObject { put("model_name", modelName); put("track", track) })
     }
 
+    /** This device's id where it has no other: made once, kept in the state directory (as the Python agent does). */
+    fun identity(): String {
+        val file = File(root, "device-id")
+        if (!file.isFile) {
+            val random = ByteArray(8).also { java.security.SecureRandom().nextBytes(it) }
+            writeAtomically(file, "device-${random.joinToString("") { "%02x".format(it) }}\n".toByteArray())
+        }
+        return file.readText().trim()
+    }
+
     fun installed(): Installed {
         if (!installedFile.exists()) return Installed()
         return try {
