@@ -76,6 +76,8 @@ def throwaway_stack(root: Path, **overrides: Any) -> Iterator[Settings]:
         "EDGEOPS_STOP_TIMEOUT_S": "5",  # throwaway data: no need to wait for a graceful exit
         "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
         "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+        # Drift would start real training runs beside the tests; the drift test turns it on for its own stack.
+        "EDGEOPS_FLEET__RETRAIN_ON_DRIFT": os.environ.get("EDGEOPS_FLEET__RETRAIN_ON_DRIFT", "false"),
     }
     patch = pytest.MonkeyPatch()
     for name, value in env.items():

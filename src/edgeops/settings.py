@@ -428,6 +428,11 @@ class FleetConfig(BaseModel):
     drift_bins: int = Field(20, ge=2)
     drift_threshold: float = Field(0.2, gt=0, description="PSI above which a chamber is flagged")
     drift_min_samples: int = Field(2000, ge=1, description="fleet inputs in the window before a chamber is flagged")
+    # Drift that starts a training run (the local runner) on the newest session in the raw bucket, at most once
+    # per cool-down; the fleet service checks every `drift_check_s`.
+    retrain_on_drift: bool = True
+    retrain_cooldown_s: float = Field(6 * 3600.0, ge=0)
+    drift_check_s: float = Field(30.0, gt=0)
     # `edgeops fleet simulate`: worker processes (0 = one per core) and each device's own noise, in Pa.
     simulate_workers: int = Field(0, ge=0)
     simulate_noise_pa: float = Field(5.0, ge=0)

@@ -55,6 +55,7 @@ def serve() -> None:
     from edgeops.errors import InputError
     from edgeops.fleet.app import create_app
     from edgeops.fleet.reference import training_histograms
+    from edgeops.fleet.retrain import DriftWatch
     from edgeops.fleet.store import Store
     from edgeops.fleet.subscriber import Subscriber
     from edgeops.stack import broker
@@ -72,12 +73,14 @@ def serve() -> None:
         logging.warning("no training reference for drift: %s", "; ".join(error.problems))
         reference = {}
     subscriber = Subscriber(store, settings, broker.service_password(settings)).start()
+    watch = DriftWatch(store, reference, settings).begin()
     host = config.http_host or settings.host
     console.print(f"fleet dashboard on http://{host}:{config.http_port}/ (database {store.engine.url!r})")
     try:
         app = create_app(settings, store, reference, settings.state_dir.resolve() / "rollouts")
         uvicorn.run(app, host=host, port=config.http_port, log_level="warning")
     finally:
+        watch.stop()
         subscriber.stop()
         store.close()
 

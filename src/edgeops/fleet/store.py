@@ -109,6 +109,16 @@ input_histograms = Table(
     Column("bin", Integer, primary_key=True, autoincrement=False),
     Column("count", BigInteger),
 )
+retrain_triggers = Table(  # drift that started a training run (fleet/retrain.py)
+    "retrain_triggers",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("at", DateTime, index=True),
+    Column("chambers", JSON),  # chamber -> PSI, of those that drifted
+    Column("session", String(1000)),  # what the run trains on
+    Column("status", String(1000)),
+    Column("log", String(1000)),
+)
 counters = Table(
     "counters",
     metadata,
@@ -473,6 +483,27 @@ class Store:
             "latency_p95_ms": sum(row.latency_p95_ms * row.n for row in timed) / weight if weight else None,
             "classes": dict(classes),
         }
+
+    def last_retrain(self) -> datetime | None:
+        with self.engine.connect() as db:
+            at = db.scalar(select(func.max(retrain_triggers.c.at)))
+        return at.replace(tzinfo=UTC) if at else None
+
+    def record_retrain(self, at: datetime, chambers: dict[str, float], session: str, status: str, log: str) -> int:
+        with self.engine.begin() as db:
+            row = {"at": naive_utc(at), "chambers": chambers, "session": session, "status": status, "log": log}
+            key = db.execute(retrain_triggers.insert().values(**row)).inserted_primary_key
+            assert key is not None
+            return int(key[0])
+
+    def update_retrain(self, trigger: int, status: str) -> None:
+        with self.engine.begin() as db:
+            db.execute(retrain_triggers.update().where(retrain_triggers.c.id == trigger).values(status=status[:1000]))
+
+    def retrain_triggers(self) -> list[dict[str, Any]]:
+        with self.engine.connect() as db:
+            rows = db.execute(select(retrain_triggers).order_by(retrain_triggers.c.at.desc()).limit(20))
+            return [dict(row._mapping) | {"at": row.at.replace(tzinfo=UTC).isoformat()} for row in rows]
 
     def close(self) -> None:
         self.engine.dispose()

@@ -42,6 +42,32 @@ def fleet_summary(
         key = (row["model"], row["channel"], row["track"], row["version"])
         releases[key] = releases.get(key, 0) + 1
     bucket = timedelta(seconds=config.class_mix_bucket_s)
+    drift = drift_report(store, reference, config, now)
+    return {
+        "generated_at": now.isoformat(),
+        "devices": device_rows,
+        "releases": [
+            {"model": model, "channel": channel, "track": track, "version": version, "devices": count}
+            for (model, channel, track, version), count in sorted(releases.items(), key=lambda item: str(item[0]))
+        ],
+        "updates": store.update_outcomes(),
+        "refusal_reasons": store.refusal_reasons(),
+        "latency": store.latency(),
+        "class_mix": store.class_mix(now - bucket * config.class_mix_buckets),
+        "drift": drift,
+        "drift_threshold": config.drift_threshold,
+        "drift_min_samples": config.drift_min_samples,
+        "counters": store.counters(),
+        "rollouts": _rollouts(rollouts_dir),
+        "retraining": store.retrain_triggers(),
+    }
+
+
+def drift_report(
+    store: Store, reference: dict[str, list[float]], config: FleetConfig, now: datetime
+) -> list[dict[str, Any]]:
+    """Each chamber's recent inputs on the fleet against the training data's, with its PSI and whether it drifted."""
+    bucket = timedelta(seconds=config.class_mix_bucket_s)
     fleet_inputs = store.input_histograms(now - bucket * DRIFT_WINDOW_BUCKETS)
     drift = []
     for chamber, training in reference.items():
@@ -59,23 +85,7 @@ def fleet_summary(
                 "flagged": value is not None and value > config.drift_threshold and total >= config.drift_min_samples,
             }
         )
-    return {
-        "generated_at": now.isoformat(),
-        "devices": device_rows,
-        "releases": [
-            {"model": model, "channel": channel, "track": track, "version": version, "devices": count}
-            for (model, channel, track, version), count in sorted(releases.items(), key=lambda item: str(item[0]))
-        ],
-        "updates": store.update_outcomes(),
-        "refusal_reasons": store.refusal_reasons(),
-        "latency": store.latency(),
-        "class_mix": store.class_mix(now - bucket * config.class_mix_buckets),
-        "drift": drift,
-        "drift_threshold": config.drift_threshold,
-        "drift_min_samples": config.drift_min_samples,
-        "counters": store.counters(),
-        "rollouts": _rollouts(rollouts_dir),
-    }
+    return drift
 
 
 def _rollouts(directory: Path | None) -> list[dict[str, Any]]:

@@ -211,6 +211,9 @@ def fleet_service(settings: Settings) -> Service:
         env={
             "EDGEOPS_STATE_DIR": str(state_path(settings)),
             "EDGEOPS_MAT__SESSION_MANIFEST": str(settings.mat.session_manifest.resolve()),
+            # What a training run it starts on drift reads and writes (fleet/retrain.py).
+            "EDGEOPS_PIPELINE_PACKAGE": str(settings.pipeline_package.resolve()),
+            "EDGEOPS_OUT_DIR": str(settings.out_dir.resolve()),
             # These settings, whether they came from the environment or not.
             "EDGEOPS_HOST": settings.host,
             "EDGEOPS_FLEET__MQTT_HOST": settings.mqtt_host,

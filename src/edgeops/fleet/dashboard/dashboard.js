@@ -58,7 +58,9 @@
     merged.class_mix = {...EMPTY.class_mix, ...(merged.class_mix || {})};
     merged.counters = {...EMPTY.counters, ...(merged.counters || {})};
     merged.counters.rejected = merged.counters.rejected || {};
-    for (const key of ["devices", "releases", "updates", "latency", "drift", "rollouts"]) merged[key] = merged[key] || [];
+    for (const key of ["devices", "releases", "updates", "latency", "drift", "rollouts", "retraining"]) {
+      merged[key] = merged[key] || [];
+    }
     merged.refusal_reasons = merged.refusal_reasons || {};
     return merged;
   }
@@ -380,6 +382,15 @@
     $("#rollout-table tbody").innerHTML = rows.join("");
   }
 
+  function renderRetraining(doc) {
+    $("#retrain-panel").hidden = !doc.retraining.length;
+    $("#retrain-table tbody").innerHTML = doc.retraining.map((t) => "<tr>" +
+      `<td class="muted">${escapeHtml(new Date(t.at).toLocaleString())}</td>` +
+      `<td>${Object.entries(t.chambers || {}).map(([c, psi]) => `${escapeHtml(c)} ${escapeHtml(Number(psi).toFixed(2))}`).join(", ")}</td>` +
+      `<td class="id">${escapeHtml(t.session || "–")}</td>` +
+      `<td class="muted">${escapeHtml(t.status)}</td></tr>`).join("");
+  }
+
   function renderDevices(doc) {
     const now = doc.generated_at ? Date.parse(doc.generated_at) : Date.now();
     const filter = $("#device-filter").value.trim().toLowerCase();
@@ -422,6 +433,7 @@
     renderTiles(doc);
     renderDevices(doc);
     renderRollouts(doc);
+    renderRetraining(doc);
     const at = doc.generated_at ? new Date(doc.generated_at).toLocaleTimeString() : "–";
     $("#footer").textContent = `data as of ${at} · refreshed every ${POLL_MS / 1000} s · ` +
       `drift flagged above PSI ${doc.drift_threshold}`;
