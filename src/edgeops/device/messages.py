@@ -9,7 +9,6 @@ refuses anything that is not exactly one of these shapes, arrives on the wrong t
 from __future__ import annotations
 
 import json
-from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
@@ -164,7 +163,3 @@ def _first_problem(error: ValidationError) -> str:
     first = error.errors()[0]
     where = ".".join(str(part) for part in first["loc"]) or "message"
     return f"{where}: {first['msg']} ({error.error_count()} problem(s))"
-
-
-def age_s(message: Heartbeat | UpdateEvent | InferenceStats, at: datetime) -> float:
-    return (at - message.sent_at).total_seconds()

@@ -25,14 +25,20 @@ def bin_edges(config: FleetConfig) -> list[float]:
     return [float(edge) for edge in np.linspace(config.drift_low_pa, config.drift_high_pa, config.drift_bins + 1)]
 
 
-def training_histograms(manifest: Path, data: MatDataConfig, config: FleetConfig) -> dict[str, list[float]]:
-    """Per chamber, the fraction of the recordings' frames in each bin (values outside count in the end bins)."""
+def recorded_pressures(manifest: Path, data: MatDataConfig) -> np.ndarray:
+    """Every frame of a session's recordings, in order, [frames, chambers] in Pa."""
     try:
         recordings = json.loads(manifest.read_text())["recordings"]
     except (OSError, ValueError, KeyError) as error:
         raise InputError([f"cannot read the training recordings' manifest {manifest}: {error}"]) from None
-    columns = [read_recording(manifest.parent / entry["file"], entry["label"], data).pressures for entry in recordings]
-    pressures = np.concatenate(columns)
+    return np.concatenate(
+        [read_recording(manifest.parent / entry["file"], entry["label"], data).pressures for entry in recordings]
+    )
+
+
+def training_histograms(manifest: Path, data: MatDataConfig, config: FleetConfig) -> dict[str, list[float]]:
+    """Per chamber, the fraction of the recordings' frames in each bin (values outside count in the end bins)."""
+    pressures = recorded_pressures(manifest, data)
     edges = np.asarray(bin_edges(config))
     found = {}
     for index, name in enumerate(data.channel_columns):

@@ -30,12 +30,13 @@ from typing import Any
 
 import numpy as np
 
-from edgeops.datasets.mat import Frame, read_recording
+from edgeops.datasets.mat import Frame
 from edgeops.device.agent import Agent, AgentError
 from edgeops.device.loop import Predictor
 from edgeops.device.outbox import Outbox
 from edgeops.device.telemetry import OUTBOX_FILE, AgentReporter, BrokerCredentials, Telemetry
 from edgeops.fleet.credentials import add_devices
+from edgeops.fleet.reference import recorded_pressures
 from edgeops.settings import Settings
 from edgeops.stack import supervisor
 
@@ -60,14 +61,6 @@ class Plan:
 
 def device_names(prefix: str, count: int) -> list[str]:
     return [f"{prefix}-{index:03d}" for index in range(count)]
-
-
-def recorded_pressures(settings: Settings) -> np.ndarray:
-    """Every frame of the track's recordings, in order, [frames, chambers] in Pa."""
-    manifest = settings.mat.session_manifest
-    entries = json.loads(manifest.read_text())["recordings"]
-    parts = [read_recording(manifest.parent / e["file"], e["label"], settings.mat.data).pressures for e in entries]
-    return np.concatenate(parts)
 
 
 class SimulatedDevice:
@@ -131,7 +124,7 @@ def run_worker(plan: Plan, settings: Settings) -> None:
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <worker>` prints every thread's stack to its log
-    frames = recorded_pressures(settings)
+    frames = recorded_pressures(settings.mat.session_manifest, settings.mat.data)
     simulated = [
         SimulatedDevice(device_id, start, plan, settings, frames)
         for device_id, start in zip(plan.device_ids, plan.starts, strict=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -507,8 +507,3 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
-
-
-def parse_batch(items: Iterable[tuple[str, bytes]], at: datetime | None = None) -> list[Incoming]:
-    moment = at or datetime.now(UTC)
-    return [Incoming(topic, payload, moment) for topic, payload in items]
