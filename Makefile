@@ -24,7 +24,7 @@ WITH_DOCKER := python3 scripts/docker_engine.py run --
 CLUSTER ?= edgeops
 RELEASE ?= edgeops
 
-.PHONY: help install up down status compile demo test test-fast lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean kernel-paths browser broker \
+.PHONY: help install up down status compile demo demo-run doctor test test-fast lint typecheck pytest bench-pipeline bench-ota bench bench-loso clean kernel-paths browser broker \
 	tools validate mysql-server image-requirements images base-image docker-engine kind-up kind-down \
 	kind-load deploy kfp-install release-keys-secret pipeline-run jvm android-test android-demo tuf-conformance
 
@@ -36,7 +36,9 @@ help: ## list the targets
 	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 .venv/.installed: pyproject.toml uv.lock | $(UV)
-	$(UV) sync --frozen --compile-bytecode --all-extras
+	@mkdir -p .edgeops/logs
+	@echo "installing the locked Python environment into .venv (about 6.5 GB, a few minutes the first time; log .edgeops/logs/uv-sync.log)"
+	@$(UV) sync --frozen --compile-bytecode --all-extras > .edgeops/logs/uv-sync.log 2>&1 || { tail -n 30 .edgeops/logs/uv-sync.log; exit 1; }
 	@touch $@
 
 install: .venv/.installed ## create .venv from uv.lock
@@ -47,6 +49,9 @@ up: install broker ## start S3, MLflow, the MQTT broker and the fleet service on
 down: ## stop the local stack (state in .edgeops/ is kept)
 	@if [ -x .venv/bin/edgeops ]; then $(RUN) edgeops down; else echo "nothing to stop"; fi
 
+doctor: install ## what `make demo` and `make test` need from this machine, each ok or with the command that fixes it
+	@$(RUN) edgeops doctor --dataset $(DATASET) --runner $(RUNNER)
+
 status: install ## show the local stack
 	$(RUN) edgeops status
 
@@ -55,11 +60,16 @@ compile: install ## compile the local and cluster pipelines to pipelines/*.yaml
 
 DATASET ?= mat
 RUNNER ?= subprocess
-demo: install broker kernel-paths $(if $(filter docker,$(RUNNER)),docker-engine) ## stack up, pipeline on a track (DATASET=mat|pmd; RUNNER=subprocess|docker), device check, summary
+# `edgeops doctor` first: a taken port or missing data stops the demo here, with the command that fixes it.
+demo: install ## stack up, pipeline on a track (DATASET=mat|pmd; RUNNER=subprocess|docker), device check, summary
+	@$(RUN) edgeops doctor --brief --dataset $(DATASET) --runner $(RUNNER)
+	@$(MAKE) --no-print-directory demo-run
+
+demo-run: broker kernel-paths $(if $(filter docker,$(RUNNER)),docker-engine)
 ifeq ($(RUNNER),docker)
-	$(WITH_DOCKER) bash -c 'python3 scripts/images.py build && $(RUN) edgeops demo --dataset $(DATASET) --runner docker'
+	@$(WITH_DOCKER) bash -c 'python3 scripts/images.py build && $(RUN) edgeops demo --dataset $(DATASET) --runner docker'
 else
-	$(RUN) edgeops demo --dataset $(DATASET) --runner $(RUNNER)
+	@$(RUN) edgeops demo --dataset $(DATASET) --runner $(RUNNER)
 endif
 
 bench: up ## PMD production model: ExecuTorch vs ONNX Runtime vs eager, side by side (report logged to MLflow)
@@ -75,7 +85,7 @@ bench-ota: up ## seconds from promotion to a new model running on an agent polli
 	$(RUN) edgeops bench-ota --interval 2
 
 kernel-paths: install ## qemu-user >= 8 and an aarch64 ExecuTorch runtime (outside the repo) for the emulated kernel paths
-	$(RUN) python scripts/emulated_runtime.py --uv $(UV)
+	@$(RUN) python scripts/emulated_runtime.py --uv $(UV)
 
 lint: install ## ruff lint and format check, and the layer contracts between the wings (import-linter)
 	$(RUN) ruff check $(PYTHON_SOURCES)
@@ -158,7 +168,7 @@ docker-engine: ## install Debian's docker.io when no Docker daemon answers
 	python3 scripts/docker_engine.py install
 
 broker: ## Eclipse Mosquitto from Debian's packages, when missing (the devices' MQTT broker)
-	python3 scripts/mosquitto.py install
+	@python3 scripts/mosquitto.py install
 
 browser: ## Chromium from Debian and playwright-core from npm, for the dashboard test
 	python3 scripts/browser.py install

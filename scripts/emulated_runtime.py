@@ -151,8 +151,22 @@ def human(size: int) -> str:
     return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
 
 
+# Where the commands' own output goes (apt, dpkg, uv); the terminal gets one line per step. None: the terminal.
+LOG: Path | None = None
+
+
 def run(command: list[str], what: str, capture: bool = False, echo: bool = True, **kwargs: Any) -> str:
-    """Run `command`; raise InstallError naming `what` (with the output's tail when captured) if it fails."""
+    """Run `command`; raise InstallError naming `what` (with the output's tail) if it fails."""
+    if LOG is not None and not capture:
+        with LOG.open("a") as log:
+            log.write("+ " + " ".join(command) + "\n")
+            log.flush()
+            quiet = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
+            result = subprocess.run(command, check=False, text=True, **quiet, **kwargs)
+        if result.returncode != 0:
+            tail = "\n".join(LOG.read_text(errors="replace").splitlines()[-20:])
+            raise InstallError(f"{what}: `{' '.join(command)}` exited with {result.returncode} (log {LOG})\n{tail}")
+        return ""
     if echo:
         say("+ " + " ".join(command))
     result = subprocess.run(
@@ -743,6 +757,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lock", type=Path, default=REPO / "uv.lock", help="pins the wheel versions")
     parser.add_argument("--uv", help="the uv binary (default: $UV, uv on PATH, .tools/bin/uv; else pip)")
     parser.add_argument("--check", action="store_true", help="only say whether the runtime is ready (exit 0) or not")
+    parser.add_argument("--verbose", action="store_true", help="show apt's, dpkg's and uv's output here, not in a log")
     args = parser.parse_args(argv)
     directory = args.dir.expanduser().resolve()
     machine = platform.machine().lower()
@@ -757,7 +772,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.check:
             say(f"emulated runtime not ready in {directory}: {problem}")
             return 1
-        say(f"preparing the emulated runtime in {directory} ({problem})")
+        global LOG
+        if not args.verbose:
+            directory.parent.mkdir(parents=True, exist_ok=True)
+            LOG = directory.parent / "emulated-runtime-install.log"
+        where = f"; the commands' output goes to {LOG}" if LOG else ""
+        say(f"preparing the emulated runtime in {directory} ({problem}): about 3 GB, a few minutes{where}")
         with locked(directory):
             if ready_problem(directory, args.lock) is None:  # another installer finished meanwhile
                 say(f"emulated runtime ready in {directory}")

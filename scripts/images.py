@@ -240,7 +240,14 @@ def ca_bundle(requested: Path | None) -> Path | None:
 
 SOURCE_LABEL = "io.edgeops.source-digest"
 # What the component image is made of here: a change to any of them needs a rebuild.
-COMPONENT_SOURCES = ("src", "pyproject.toml", "README.md", "images/edgeops", "data/seroton-mat")
+COMPONENT_SOURCES = (
+    "src",
+    "pyproject.toml",
+    "README.md",
+    "images/edgeops",
+    "data/seroton-mat",
+    "pipelines/edgeops_cluster.yaml",
+)
 
 
 def source_digest() -> str:

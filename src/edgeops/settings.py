@@ -428,9 +428,11 @@ class FleetConfig(BaseModel):
     drift_bins: int = Field(20, ge=2)
     drift_threshold: float = Field(0.2, gt=0, description="PSI above which a chamber is flagged")
     drift_min_samples: int = Field(2000, ge=1, description="fleet inputs in the window before a chamber is flagged")
-    # Drift that starts a training run (the local runner) on the newest session in the raw bucket, at most once
-    # per cool-down; the fleet service checks every `drift_check_s`.
+    # Drift that starts a training run on the newest session in the raw bucket, at most once per cool-down; the
+    # fleet service checks every `drift_check_s`. `local`: `edgeops pipeline run` beside the service (one machine);
+    # `cluster`: the cluster pipeline submitted to Kubeflow Pipelines at `cluster.kfp_host`.
     retrain_on_drift: bool = True
+    retrain_runner: Literal["local", "cluster"] = "local"
     retrain_cooldown_s: float = Field(6 * 3600.0, ge=0)
     drift_check_s: float = Field(30.0, gt=0)
     # `edgeops fleet simulate`: worker processes (0 = one per core) and each device's own noise, in Pa.
@@ -444,6 +446,7 @@ class ClusterConfig(BaseModel):
 
     kfp_host: str = "http://127.0.0.1:8080"  # `kubectl port-forward -n kubeflow svc/ml-pipeline-ui 8080:80`
     kfp_namespace: str = "kubeflow"
+    pipeline_package: Path = Path("pipelines/edgeops_cluster.yaml")  # `edgeops pipeline submit`, drift retraining
     kind_cluster: str = "edgeops"
     helm_release: str = "edgeops"
     helm_namespace: str = "edgeops"

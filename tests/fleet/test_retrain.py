@@ -5,16 +5,20 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from edgeops.errors import EdgeopsError
+from edgeops.fleet.retrain import start_training
 from edgeops.settings import Settings
 from edgeops.stack.sessions import upload_session
 from tests.conftest import MAT_DATA, REPO, throwaway_stack
@@ -67,13 +71,35 @@ def test_drifting_mats_start_one_training_run_and_the_original_ones_none(drift_s
     drifted = fleet(settings)
     assert any(d["flagged"] for d in drifted["drift"])
     (trigger,) = drifted["retraining"]
-    assert trigger["session"] == uri and trigger["status"].startswith("running")
+    assert trigger["session"] == uri and trigger["status"] == "running", trigger
     time.sleep(5)  # still drifting, checked every 2 s: the cool-down holds
     assert len(fleet(settings)["retraining"]) == 1
 
-    log = Path(trigger["status"].rsplit("log ", 1)[1])
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and "ingest" not in log.read_text(errors="replace"):
-        time.sleep(1)
-    assert "ingest" in log.read_text(errors="replace"), log.read_text(errors="replace")[-2000:]
-    print(f"\ndrift {trigger['chambers']} started the pipeline on {uri}; log {log}")
+    # The run trains on that session: ingest records it, and the service links the run's MLflow page by it.
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not (linked := fleet(settings)["retraining"][0])["mlflow_run"]:
+        time.sleep(2)
+    log = Path(trigger["log"])
+    assert linked["mlflow_run"], log.read_text(errors="replace")[-3000:]
+    run_id = linked["mlflow_run"].rsplit("/", 1)[1]
+    with urllib.request.urlopen(f"{settings.tracking_uri}/api/2.0/mlflow/runs/get?run_id={run_id}", timeout=20) as got:
+        params = {p["key"]: p["value"] for p in json.loads(got.read())["run"]["data"]["params"]}
+    assert params["dataset.session"] == uri
+    print(f"\ndrift {trigger['chambers']} started the pipeline on {uri}: {linked['mlflow_run']} (log {log})")
+
+
+def test_on_a_cluster_drift_submits_to_kubeflow_pipelines(drift_stack: Settings) -> None:
+    """The cluster path is `pipeline submit`: with no Kubeflow Pipelines API answering, the trigger says so."""
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        host = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    settings = drift_stack.model_copy(
+        update={
+            "fleet": drift_stack.fleet.model_copy(update={"retrain_runner": "cluster"}),
+            "cluster": drift_stack.cluster.model_copy(
+                update={"kfp_host": host, "pipeline_package": REPO / "pipelines" / "edgeops_cluster.yaml"}
+            ),
+        }
+    )
+    with pytest.raises(EdgeopsError, match=f"Kubeflow Pipelines API not reachable at {host}"):
+        start_training(settings, "s3://raw/sessions/x/session.json", datetime.now(UTC))

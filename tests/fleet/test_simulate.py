@@ -3,9 +3,12 @@ mid-run, and every message accounted for."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from edgeops.settings import Settings
@@ -39,3 +42,40 @@ def test_a_simulated_fleet_installs_reports_and_loses_nothing(stack_settings: Se
     simulated = [d for d in fleet["devices"] if d["device_id"].startswith("simtest-")]
     assert len(simulated) == 6 and all(d["version"] == 1 and d["model"] == name for d in simulated)
     assert any(row["version"] == 1 and row["inferences"] > 0 for row in fleet["latency"])
+
+
+def test_sigterm_ends_a_simulation_early_and_stops_its_workers(stack_settings: Settings, tmp_path: Path) -> None:
+    """`kill <simulate>` (as a test's teardown does) stops the workers it started and still accounts for messages."""
+    name = unique_model_name("simterm")
+    release(stack_settings, name, tiny_model(2))
+    figures = tmp_path / "figures.json"
+    command = [
+        sys.executable, "-m", "edgeops", "fleet", "simulate", "--devices", "2", "--duration", "900",
+        "--report-interval", "1", "--workers", "2", "--prefix", "simterm", "--model", name, "--json", str(figures),
+    ]  # fmt: skip
+    simulation = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and len(workers := children(simulation.pid)) < 2:
+            time.sleep(0.5)
+        assert len(workers) == 2, workers
+        time.sleep(3)
+        simulation.send_signal(signal.SIGTERM)
+        output, _ = simulation.communicate(timeout=120)
+    finally:
+        if simulation.poll() is None:
+            simulation.kill()
+            simulation.wait()
+    assert simulation.returncode == 0, output.decode(errors="replace")[-3000:]
+    assert not [pid for pid in workers if Path(f"/proc/{pid}").exists()], "workers outlived the simulation"
+    result = json.loads(figures.read_text())
+    assert result["devices"] == 2 and result["lost"] == 0 and result["stored"] > 0
+
+
+def children(pid: int) -> list[int]:
+    """The processes `pid` started (Linux: /proc/<pid>/task/*/children)."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found

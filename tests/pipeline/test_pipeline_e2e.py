@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -12,12 +13,10 @@ from pathlib import Path
 
 import docker
 import numpy as np
-import pytest
 import torch
 
 from edgeops.cli.pipeline import with_runner
 from edgeops.datasets.mat import read_recording, windows
-from edgeops.errors import EdgeopsError
 from edgeops.files import sha256_bytes
 from edgeops.pipeline.arguments import pipeline_arguments
 from edgeops.pipeline.local import docker_runner, run_local
@@ -162,16 +161,50 @@ def check_release_landed(settings: Settings, mat_session: Path, tmp_path: Path, 
     return manifest
 
 
+def pipeline_cli(mat_session: Path, tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """`edgeops pipeline run` as a person runs it, in the stack fixture's environment."""
+    environment = {**os.environ, "EDGEOPS_OUT_DIR": str(tmp_path), **env}
+    return subprocess.run(
+        [sys.executable, "-m", "edgeops", "pipeline", "run", "--manifest", str(mat_session)],
+        cwd=REPO, env=environment, capture_output=True, text=True, timeout=900, check=False,
+    )  # fmt: skip
+
+
+def full_output(stdout: str) -> Path:
+    found = re.search(r"full output: (\S+\.log)", stdout)
+    assert found, stdout
+    return Path(found.group(1))
+
+
+def test_the_cli_shows_the_stages_and_keeps_the_runners_output_in_a_log(
+    stack_settings: Settings, mat_session: Path, tmp_path: Path
+) -> None:
+    done = pipeline_cli(mat_session, tmp_path)
+    print(done.stdout)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    # Without a terminal: the log's path, a line as each stage starts and ends, the total.
+    assert [line.split()[1] for line in lines if line.startswith("✓ ")] == STAGES
+    assert len(lines) <= 2 + 2 * len(STAGES), lines
+    assert re.fullmatch(r"pipeline done in \d+\.\d s", lines[-1])
+    assert "executor_input" not in done.stdout + done.stderr and "Warning" not in done.stdout + done.stderr
+    log = full_output(done.stdout).read_text()
+    assert "executor_input" in log and "epoch 1/" in log  # KFP's and the tasks' own output, all of it
+
+
 def test_a_failed_gate_stops_the_pipeline_before_promotion(
     stack_settings: Settings, mat_session: Path, tmp_path: Path
 ) -> None:
     settings = Settings()
     manifest_before = http_get(settings.ota_url(f"{MODEL}/latest.json"))
-    arguments = pipeline_arguments(settings, mat_session, MODEL)
-    arguments["gates"] |= {"min_int8_accuracy": 1.5}
-    with pytest.raises(EdgeopsError, match="pipeline failed at task verify") as error:
-        run_local(settings, arguments, tmp_path / "kfp")
-    assert "GateError: no INT8 candidate passed the quality gates, nothing will be promoted" in str(error.value)
+    done = pipeline_cli(mat_session, tmp_path, EDGEOPS_MAT__GATES__MIN_INT8_ACCURACY="1.5")
+    print(done.stdout, done.stderr)
+    assert done.returncode == 1
+    assert "✗ verify failed: GateError: no INT8 candidate passed the quality gates" in done.stdout
+    error = done.stderr
+    assert "error: pipeline failed at task verify" in error
+    assert "GateError: no INT8 candidate passed the quality gates, nothing will be promoted" in error
     # Judged on the worst CPU kernel path measured, which the message names.
-    assert re.search(r"min_int8_accuracy: [\d.]+ on \S.* \(must be >= 1\.5\) FAILED by 0\.[5-9]", str(error.value))
+    assert re.search(r"min_int8_accuracy: [\d.]+ on \S.* \(must be >= 1\.5\) FAILED by 0\.[5-9]", error)
+    assert f"the full output is in {full_output(done.stdout)}" in " ".join(error.split())
     assert http_get(settings.ota_url(f"{MODEL}/latest.json")) == manifest_before

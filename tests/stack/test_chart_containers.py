@@ -561,6 +561,35 @@ def test_containers_not_run_yet_check_offline(tmp_path: Path) -> None:
     print("\n" + "\n".join(checked))
 
 
+def test_fleet_retrains_on_a_cluster_only_when_asked(tmp_path: Path) -> None:
+    """By default the service only flags drift; `fleet.retrain.runner: cluster` gives it what submitting the cluster
+    pipeline needs (the KFP API, the raw bucket as the pipeline identity, MLflow), and settings read it so."""
+    from edgeops.settings import Settings
+
+    def fleet_env(values: dict[str, Any]) -> dict[str, str]:
+        objects = render(values, tmp_path)
+        workload, container = next(
+            (w, c) for w in objects.workloads() for _, c in w.containers() if role(w, c) == "fleet"
+        )
+        return pods.resolve_env(objects, workload, container, "fleet", workload.pod_name)[0]
+
+    assert fleet_env(chart_values(None))["EDGEOPS_FLEET__RETRAIN_ON_DRIFT"] == "false"
+    env = fleet_env(chart_values(None) | {"fleet": {"retrain": {"runner": "cluster"}}})
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in env.items():
+            patch.setenv(name, value)
+        configured = Settings()
+    assert configured.fleet.retrain_on_drift and configured.fleet.retrain_runner == "cluster"
+    assert configured.cluster.kfp_host == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
+    assert configured.s3_access_key is not None and configured.s3_access_key.get_secret_value() == "edgeops-pipeline"
+    assert configured.mlflow_tracking_uri.startswith("http://") and configured.s3_endpoint.startswith("http://")
+    refused = subprocess.run(
+        [cluster.helm_bin(), "template", RELEASE, str(cluster.CHART), "--set", "fleet.retrain.runner=local"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert refused.returncode != 0 and "/fleet/retrain/runner" in refused.stderr, refused.stderr
+
+
 def test_third_party_containers_are_documented_and_check_offline(tmp_path: Path) -> None:
     """MinIO, MySQL, mc and Mosquitto cannot be pulled here: each image is named in docs/kubernetes.md, every shell
     script they run (commands, args, exec probes) parses with `sh -n`, and their env resolves from the rendered

@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from edgeops.cli import app
 from edgeops.device.agent import Agent
 from edgeops.ota.keys import Keyring
-from edgeops.ota.publisher import read_state
+from edgeops.ota.publisher import newest_release, read_state
 from edgeops.settings import Settings
 from edgeops.stack.s3 import s3_client
-from edgeops.stages.promote import STATE_TAG, Promotion, promote
+from edgeops.stages.promote import ROLLOUT_TAG, STATE_TAG, Promotion, promote
 from edgeops.stages.signer import sign_requests
 from tests.conftest import on_track
 from tests.support.releases import tiny_model, unique_model_name
@@ -68,6 +68,31 @@ def test_a_requested_release_is_published_only_by_the_signer(stack_settings: Set
     running = agent.state.running_model()
     assert running is not None and running[0].sha256 == tiny_model(3).sha256
     assert [r for r in sign_requests(stack_settings, keyring) if r.model_name == name] == []  # handled once
+
+
+def test_the_signer_publishes_a_staged_request_for_the_share_it_asks(stack_settings: Settings, tmp_path: Path) -> None:
+    """The pipeline's `release.rollout_percent` travels with the request: a cluster can start a staged rollout."""
+    staged = stack_settings.model_copy(
+        update={"release": stack_settings.release.model_copy(update={"rollout_percent": 5})}
+    )
+    name, requested = request_release(staged, tmp_path / "staged")
+    assert tags_of(stack_settings, name, requested.version)[ROLLOUT_TAG] == "5"
+    keyring = Keyring.load(stack_settings.release)
+    (handled,) = [r for r in sign_requests(stack_settings, keyring) if r.model_name == name]  # signer's own: 100
+    assert handled.state == "published"
+    s3 = s3_client(stack_settings)
+    state = read_state(s3, stack_settings.ota_bucket, name, keyring)
+    live = newest_release(s3, stack_settings.ota_bucket, name, state, stack_settings.release.channel)
+    assert live is not None and live.rollout_percent == 5
+
+    other, forged = request_release(stack_settings, tmp_path / "forged")
+    MlflowClient(stack_settings.tracking_uri).set_model_version_tag(other, str(forged.version), ROLLOUT_TAG, "250")
+    (refused,) = [r for r in sign_requests(stack_settings, keyring) if r.model_name == other]
+    assert (refused.state, refused.outcome) == (
+        "refused",
+        f"refused: {ROLLOUT_TAG} is '250', not a percentage from 1 to 100",
+    )
+    assert read_state(s3, stack_settings.ota_bucket, other, keyring) is None
 
 
 def test_the_signer_refuses_a_request_its_own_gates_reject(stack_settings: Settings, tmp_path: Path) -> None:

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from edgeops import progress
 from edgeops.bench.onnx import (
     ONNX_FP32_FILE,
     OPTIMIZED_SUFFIX,
@@ -375,10 +376,13 @@ def compare(
     load_ms: dict[str, float] = {}
     latency: dict[str, dict[int, LatencyStats]] = {engine.key: {} for engine in all_engines}
     ratios = []
+    steps, step = len(config.thread_counts) * len(all_engines), 0
     with restored_threads():
         for threads in config.thread_counts:
             gc.collect()  # drop the previous thread count's programs before the pool changes
             for engine in all_engines:
+                progress.report(f"timing {engine.label} at {threads} thread(s)", step, steps)
+                step += 1
                 runner = load_runner(engine, threads)
                 if threads == SINGLE_THREAD:
                     outputs[engine.key] = logits(runner, x)
@@ -387,11 +391,14 @@ def compare(
                 del runner
             if threads == SINGLE_THREAD:
                 for a, b in RATIO_PAIRS:
+                    progress.report(f"interleaving {a} and {b} for their paired ratio")
                     pair = {key: load_runner(by_key[key], threads) for key in (a, b)}
                     samples = interleaved(pair, inputs[0], config.warmup_runs, config.interleaved_rounds, config.seed)
                     ratios.append(Pairing(a=a, b=b, threads=threads, ratio=ratio(samples[a], samples[b])))
                     del pair
 
+    if config.measure_memory:
+        progress.report(f"peak memory of each engine in its own process ({len(all_engines)} engines)")
     memory = (
         peak_memory(
             {engine.key: memory_job(engine, inputs[0], config) for engine in all_engines}, config.memory_processes

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
+from rich.console import Console
 
-from edgeops.cli.output import console, print_stage_times
-from edgeops.cli.pipeline import ModelNameOption, RunnerOption, with_runner
+from edgeops.cli.output import console, print_stage_times, run_output
+from edgeops.cli.pipeline import ModelNameOption, RunnerOption, VerboseOption, with_runner
 from edgeops.cli.stages import DatasetOption
 from edgeops.settings import Dataset, Runner, Settings
 
@@ -26,22 +26,23 @@ def demo(
         int, typer.Option(min=0, help="mat: simulated devices that then report to the fleet dashboard (0: none)")
     ] = 3,
     fleet_seconds: Annotated[float, typer.Option(min=1, help="how long the simulated devices run")] = 20.0,
+    verbose: VerboseOption = False,
 ) -> None:
     """Start the stack, run the pipeline, fetch and run the promoted model as a device would, show a small fleet."""
     from edgeops.pipeline.demo import run_demo
 
     settings = with_runner(Settings(), runner)
-    summary = run_demo(
-        settings, manifest or settings.mat.session_manifest, model_name or settings.track(dataset).model_name, dataset
-    )
+    name = model_name or settings.track(dataset).model_name
+    with run_output(settings, "demo", verbose) as (view, log):
+        summary = run_demo(settings, manifest or settings.mat.session_manifest, name, dataset, view, log)
+        with_fleet = fleet_devices and dataset == Dataset.mat
+        fleet = _fleet(settings, name, fleet_devices, fleet_seconds, view) if with_fleet else ""
     agent = summary["agent"]
     unchanged = agent["unchanged_poll"]
     if summary["created_release_keys"]:
         console.print(f"created TUF signing keys in {summary['release_keys']} (keep them out of git; back them up)")
-    print_stage_times(summary["stage_seconds"], summary["pipeline_seconds"])
-    table = Table(title="edgeops demo", show_header=False)
-    table.add_column("what", no_wrap=True)
-    table.add_column("value", overflow="fold")
+    if verbose:
+        print_stage_times(summary["stage_seconds"], summary["pipeline_seconds"])
     rows = [
         ("pipeline runner", _runner_row(summary)),
         ("dataset version", summary["dataset_version"]),
@@ -83,28 +84,35 @@ def demo(
                 f"{result['agreement']:.0%} of {result['samples']} samples read as '{result['label']}'",
             )
         )
-    for name, value in rows:
-        table.add_row(name, value)
-    console.print(table)
-    if fleet_devices and dataset == Dataset.mat:
-        _fleet(settings, summary["model_name"], fleet_devices, fleet_seconds)
-    console.print(f"summary: {settings.out_dir / 'demo' / 'summary.json'}")
-    console.print(f"MLflow UI: {summary['mlflow_tracking_uri']}   device manifest: {summary['manifest_url']}")
-    console.print("the stack keeps running; stop it with [bold]make down[/]")
+    rows.append(("simple client check", "sha256 verified: integrity only; devices use the TUF-verified agent"))
+    if fleet:
+        rows.append(("fleet", fleet))
+    # One line each, never wrapped by us: a pipe or a narrow terminal keeps them whole.
+    width = max(len(what) for what, _ in rows)
+    console.print("[bold]edgeops demo[/]")
+    for what, value in rows:
+        console.print(f"  [bold]{what:<{width}}[/]  {value}", highlight=False)
+    console.print(
+        f"all figures: {settings.out_dir / 'demo' / 'summary.json'} · MLflow UI {summary['mlflow_tracking_uri']} · "
+        "the stack keeps running; stop it with [bold]make down[/]",
+        highlight=False,
+    )
 
 
-def _fleet(settings: Settings, model_name: str, devices: int, seconds: float) -> None:
+def _fleet(settings: Settings, model_name: str, devices: int, seconds: float, view: Console | None) -> str:
     """A few simulated devices install the promoted release and report; the dashboard shows them."""
     from edgeops.fleet.simulate import simulate
 
-    with console.status(f"{devices} simulated devices install {model_name} and report for {seconds:g} s …"):
+    shown = view or console
+    with shown.status(f"{devices} simulated devices install {model_name} and report for {seconds:g} s …"):
         # Four times the mat's pace, so that a few devices in a few seconds see all of the recordings.
         result = simulate(
             settings, devices, seconds, prefix="demo", model_name=model_name, report_interval_s=2.0, speed=4.0
         )
-    console.print(
-        f"fleet: {result.devices} simulated devices reported {result.stored:,} messages ({result.lost} lost); "
-        f"dashboard: [bold]{settings.fleet_url}/[/]"
+    shown.print(f"✓ fleet: {result.devices} simulated devices reported")
+    return (
+        f"{result.devices} simulated devices reported {result.stored:,} messages ({result.lost} lost); "
+        f"dashboard {settings.fleet_url}/"
     )
 
 

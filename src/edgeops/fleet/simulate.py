@@ -270,8 +270,12 @@ def simulate(
     restarts, broker_restarts = 0, []
     started = time.monotonic()
     killed = restarted = False
+    # SIGTERM ends the run early as the duration does: the workers drain and stop, and every message is accounted.
+    stopped = threading.Event()
+    in_main = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopped.set()) if in_main else None
     try:
-        while (elapsed := time.monotonic() - started) < duration_s:
+        while (elapsed := time.monotonic() - started) < duration_s and not stopped.is_set():
             for index, process in enumerate(processes):
                 if process.poll() is not None:  # died (or was killed): its devices resume from their state dirs
                     restarts += 1
@@ -287,8 +291,10 @@ def simulate(
                 item.sample()
             if progress is not None:
                 progress(elapsed, duration_s)
-            time.sleep(1.0)
+            stopped.wait(1.0)
     finally:
+        if in_main:
+            signal.signal(signal.SIGTERM, previous)
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -117,7 +117,8 @@ retrain_triggers = Table(  # drift that started a training run (fleet/retrain.py
     Column("chambers", JSON),  # chamber -> PSI, of those that drifted
     Column("session", String(1000)),  # what the run trains on
     Column("status", String(1000)),
-    Column("log", String(1000)),
+    Column("log", String(1000)),  # the local run's log file, or the Kubeflow Pipelines run's URL
+    Column("mlflow_run", String(1000), nullable=True),  # the run's MLflow page, once ingest has opened it
 )
 counters = Table(
     "counters",
@@ -496,9 +497,14 @@ class Store:
             assert key is not None
             return int(key[0])
 
-    def update_retrain(self, trigger: int, status: str) -> None:
+    def update_retrain(self, trigger: int, status: str, log: str | None = None, mlflow_run: str | None = None) -> None:
+        values = {"status": status, "log": log, "mlflow_run": mlflow_run}
         with self.engine.begin() as db:
-            db.execute(retrain_triggers.update().where(retrain_triggers.c.id == trigger).values(status=status[:1000]))
+            db.execute(
+                retrain_triggers.update()
+                .where(retrain_triggers.c.id == trigger)
+                .values({k: v[:1000] for k, v in values.items() if v is not None})
+            )
 
     def retrain_triggers(self) -> list[dict[str, Any]]:
         with self.engine.connect() as db:

@@ -10,7 +10,7 @@ from edgeops.settings import Architecture, Dataset, Settings, check_name
 
 def pipeline_arguments(
     settings: Settings,
-    manifest: Path | None = None,
+    manifest: Path | str | None = None,
     model_name: str | None = None,
     dataset: Dataset = Dataset.mat,
     model: Architecture | None = None,

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from rich.console import Console
 
 from edgeops.datasets import pmd
 from edgeops.datasets.mat import read_manifest, read_recording, windows
@@ -124,17 +125,26 @@ def verify_candidates(settings: Settings, run_id: str) -> list[dict[str, Any]]:
 
 
 def run_demo(
-    settings: Settings, manifest_path: Path, model_name: str, dataset: Dataset = Dataset.mat
+    settings: Settings,
+    manifest_path: Path,
+    model_name: str,
+    dataset: Dataset = Dataset.mat,
+    view: Console | None = None,
+    log: Path | None = None,
 ) -> dict[str, Any]:
+    """The demo's figures; with `view`, its steps are drawn there as they happen (`edgeops.pipeline.live`)."""
     if dataset == Dataset.pmd:
         pmd.experiment_dir(settings.pmd.data)  # no data: say so before starting anything
     arguments = pipeline_arguments(settings, manifest_path, model_name, dataset)  # bad names: before anything
     created_keys = ensure_keys(settings.release)
+    say = view.print if view is not None else print
     supervisor.start(settings)
-    pipeline = run_local(settings, arguments, settings.out_dir / "kfp")
+    say(f"✓ local stack: S3 {settings.s3_url}, MLflow {settings.tracking_uri}, fleet {settings.fleet_url}")
+    pipeline = run_local(settings, arguments, settings.out_dir / "kfp", view, log)
     device = device_check(settings, model_name, manifest_path)
     print(f"[demo] {SIMPLE_CLIENT_TRUST}", flush=True)
     agent = agent_install(settings, model_name, dataset)
+    say(f"✓ device: downloaded and ran the release; the edge agent installed v{agent['installed_version']}")
     manifest = device["manifest"]
     run = tracking.client(settings).get_run(manifest["source_run_id"])
     metrics = run.data.metrics

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
+from rich.console import Console
 
 from edgeops.errors import EdgeopsError
-from edgeops.pipeline.task import FAILURE_FILE, SECONDS, STARTED_AT
+from edgeops.pipeline.live import LiveView, load_estimates, save_estimates, stage_order
+from edgeops.pipeline.task import EXECUTOR_OUTPUT, FAILURE_FILE, SECONDS, STARTED_AT, recorded_metadata
 from edgeops.settings import Runner, Settings
+from edgeops.stack.sessions import is_session_uri
 
-EXECUTOR_OUTPUT = "executor_output.json"  # what KFP's executor leaves in a task's directory on success
 SUCCESS, FAILURE = "SUCCESS", "FAILURE"
 
 
@@ -84,7 +86,7 @@ def stage_outcomes(run_dir: Path) -> list[StageOutcome]:
         if failure.is_file():
             record = json.loads(failure.read_text())
             status, error = FAILURE, record["error"]
-        elif (record := _stage_metadata(task_dir / EXECUTOR_OUTPUT)) is not None:
+        elif (record := recorded_metadata(task_dir / EXECUTOR_OUTPUT)) is not None:
             status, error = SUCCESS, ""
         else:
             continue  # not started, or died before its stage began
@@ -94,18 +96,6 @@ def stage_outcomes(run_dir: Path) -> list[StageOutcome]:
             )
         )
     return sorted(outcomes, key=lambda outcome: outcome.started_at)
-
-
-def _stage_metadata(executor_output: Path) -> dict[str, Any] | None:
-    """The metadata of the output artifact a successful task recorded its stage time in."""
-    if not executor_output.is_file():
-        return None
-    for listed in json.loads(executor_output.read_text()).get("artifacts", {}).values():
-        for artifact in listed.get("artifacts", []):
-            metadata: dict[str, Any] = artifact.get("metadata", {})
-            if SECONDS in metadata:
-                return metadata
-    return None
 
 
 def docker_runner(settings: Settings, read_only_paths: list[Path]) -> Any:
@@ -137,11 +127,18 @@ def docker_runner(settings: Settings, read_only_paths: list[Path]) -> Any:
     )
 
 
-def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path) -> PipelineRun:
+def run_local(
+    settings: Settings,
+    arguments: dict[str, Any],
+    pipeline_root: Path,
+    view: Console | None = None,
+    log: Path | None = None,
+) -> PipelineRun:
     """Run `settings.pipeline_package` end to end; raise naming the failed stage and its error if one fails.
 
     With `settings.local_runner.runner == Runner.docker` every task runs in `settings.component_image`;
-    its outputs land in `pipeline_root` all the same (KFP mounts it at the same path).
+    its outputs land in `pipeline_root` all the same (KFP mounts it at the same path). With `view`, the stages
+    are drawn on it as they run (`edgeops.pipeline.live`); `log` is where the tasks' own output went.
     """
     from kfp import components, local
 
@@ -151,28 +148,42 @@ def run_local(settings: Settings, arguments: dict[str, Any], pipeline_root: Path
     pipeline_root = pipeline_root.resolve()
     pipeline_root.mkdir(parents=True, exist_ok=True)
     earlier = set(pipeline_root.iterdir())
-    # Local tasks read the manifest from this machine; on a cluster the path is inside the image.
-    manifest = Path(arguments.get("session_manifest", settings.mat.session_manifest)).resolve()
+    # Local tasks read the manifest from this machine (or ingest fetches it from the raw bucket); on a cluster
+    # the path is inside the image.
+    manifest: Path | str = arguments.get("session_manifest", settings.mat.session_manifest)
+    host_paths = [settings.pmd.data.root]
+    if not is_session_uri(manifest):
+        manifest = Path(manifest).resolve()
+        host_paths.append(manifest.parent)
     arguments = {**arguments, "session_manifest": str(manifest)}
+    runner_name = settings.local_runner.runner.value
     if settings.local_runner.runner == Runner.docker:
         pipeline_root.chmod(0o1777)  # the image's user writes its outputs here, as anyone may in /tmp
-        runner = docker_runner(settings, [manifest.parent, settings.pmd.data.root])
+        runner = docker_runner(settings, host_paths)
     else:
         runner = local.SubprocessRunner(use_venv=False)
     local.init(runner=runner, pipeline_root=str(pipeline_root))
     pipeline = components.load_component_from_file(str(package))
+    times = settings.state_dir.resolve() / "pipeline-times" / f"{arguments.get('dataset', 'mat')}-{runner_name}.json"
+    live = (
+        LiveView(view, pipeline_root, earlier, stage_order(package), load_estimates(times), log)
+        if view is not None
+        else contextlib.nullcontext()
+    )
+    where = f"the full output is in {log}" if log else "see the task's output above"
     started = time.perf_counter()
     try:
-        with task_environment(settings), warnings.catch_warnings():
+        with task_environment(settings), warnings.catch_warnings(), live:
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             task = pipeline(**arguments)
     except RuntimeError as error:
         failure = next((outcome for outcome in _outcomes(pipeline_root, earlier) if outcome.status == FAILURE), None)
         if failure is None:  # the task died before its stage began (e.g. it could not import edgeops)
-            raise EdgeopsError(f"pipeline failed: {error}; see the task's log above") from None
-        raise EdgeopsError(f"pipeline failed at task {failure.name}:\n{failure.error}") from None
+            raise EdgeopsError(f"pipeline failed: {error}; {where}") from None
+        raise EdgeopsError(f"pipeline failed at task {failure.name}:\n{failure.error}\n({where})") from None
     seconds = time.perf_counter() - started
     outcomes = _outcomes(pipeline_root, earlier)
+    save_estimates(times, {outcome.name: outcome.seconds for outcome in outcomes})
     promotion = task.outputs if not isinstance(task.outputs, dict) else next(iter(task.outputs.values()), None)
     signed = sign_requested_releases(settings) if settings.local_runner.runner == Runner.docker else []
     return PipelineRun(

@@ -14,8 +14,11 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
+from edgeops import progress
+
 STARTED_AT, SECONDS = "stage_started_at", "stage_seconds"  # artifact metadata keys
 FAILURE_FILE = "edgeops-failure.json"  # beside a failed task's output
+EXECUTOR_OUTPUT = "executor_output.json"  # what KFP's executor leaves in a task's directory on success
 
 
 class OutputArtifact(Protocol):
@@ -39,10 +42,23 @@ def stage_task(output: OutputArtifact) -> Iterator[None]:
     """Wrap a component's call to its stage: record its wall time, or its error, for whoever runs the pipeline."""
     started = process_started_at()
     try:
-        yield
+        with progress.recorded_in(Path(output.path).parent / progress.PROGRESS_FILE):
+            yield
     except BaseException as error:
         failure = {STARTED_AT: started, SECONDS: time.time() - started, "error": f"{type(error).__name__}: {error}"}
         with suppress(OSError):  # reporting must never hide the error itself
             Path(output.path).parent.joinpath(FAILURE_FILE).write_text(json.dumps(failure))
         raise
     output.metadata.update({STARTED_AT: started, SECONDS: round(time.time() - started, 3)})
+
+
+def recorded_metadata(executor_output: Path) -> dict[str, Any] | None:
+    """The metadata of the output artifact a successful task recorded its stage time in."""
+    if not executor_output.is_file():
+        return None
+    for listed in json.loads(executor_output.read_text()).get("artifacts", {}).values():
+        for artifact in listed.get("artifacts", []):
+            metadata: dict[str, Any] = artifact.get("metadata", {})
+            if SECONDS in metadata:
+                return metadata
+    return None

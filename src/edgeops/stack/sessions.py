@@ -24,6 +24,20 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 SESSIONS_PREFIX = "sessions"
+SESSION_PARAM = "dataset.session"  # the MLflow run parameter ingest records a fetched session's s3:// URI in
+
+
+def is_session_uri(manifest: Path | str) -> bool:
+    """Whether `manifest` names a manifest in a bucket rather than on this machine (`Path` folds "s3://" to "s3:/")."""
+    return str(manifest).startswith("s3:/")
+
+
+def session_location(uri: Path | str) -> tuple[str, str]:
+    """(bucket, key) of a session manifest's URI, or an InputError when it names none."""
+    bucket, _, key = str(uri).removeprefix("s3:").lstrip("/").partition("/")
+    if not bucket or not key or key.endswith("/"):
+        raise InputError([f"{uri}: not the s3://bucket/key of a session manifest"])
+    return bucket, key
 
 
 def session_key(session: str, file: str) -> str:
@@ -141,9 +155,7 @@ def fetch_session(uri: str, directory: Path, s3: S3Client) -> Path:
     that is not a plain relative path (`s3://raw//abs`, `..`), or a listed recording outside the
     manifest's directory, is an InputError before anything is written.
     """
-    bucket, _, key = uri.removeprefix("s3:").lstrip("/").partition("/")
-    if not bucket or not key or key.endswith("/"):
-        raise InputError([f"{uri}: not the s3://bucket/key of a session manifest"])
+    bucket, key = session_location(uri)
     manifest = local_path(directory, key, uri)
     found = get_if_present(s3, bucket, key)
     if found is None:

@@ -251,7 +251,7 @@ def _running_pid(settings: Settings, name: str) -> int | None:
     return pid
 
 
-def _port_in_use(host: str, port: int) -> bool:
+def port_in_use(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
@@ -314,7 +314,7 @@ def start_service(settings: Settings, service: Service) -> None:
         console.print(f"[green]✓[/] {service.name} already running (pid {pid})")
         return
     for setting, port in service.ports.items():
-        if _port_in_use(settings.host, port):
+        if port_in_use(settings.host, port):
             env_name = "EDGEOPS_" + setting.split(" ")[0].upper()
             raise StackError(
                 f"port {port} on {settings.host} is already in use ({service.name} needs it for "

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, Field
 
+from edgeops import progress
 from edgeops.datasets.base import load_splits
 from edgeops.errors import VerificationError
 from edgeops.files import sha256_file
@@ -352,7 +353,7 @@ def benchmark(
     # latency is timed only after they finish, on a quiet CPU.
     with start_emulated(int8, x_np[subset], out_dir / KERNEL_PATHS_DIR, settings.kernel_paths) as emulated:
         if emulated.paths:
-            print(
+            progress.report(
                 f"kernel paths: running {len(int8)} INT8 programs on {len(subset)} samples under emulation: "
                 + ", ".join(path.name for path in emulated.paths)
             )
@@ -372,11 +373,12 @@ def benchmark(
     paths = path_results({name: logits[name] for name in int8}, emulated_logits, subset, y_true, native)
     for name, path in paths.items():
         if path.emulated:
-            print(f"kernel paths: {name} took {path.seconds:.0f} s")
+            progress.report(f"kernel paths: {name} took {path.seconds:.0f} s")
 
     samples = [x[i : i + 1] for i in range(len(x))]
     results = {}
-    for name, predict in predictors.items():
+    for index, (name, predict) in enumerate(predictors.items()):
+        progress.report(f"timing {name} ({index + 1} of {len(predictors)} engines)", index, len(predictors))
         results[name] = RunnerResult(
             **classification(y_true, logits[name].argmax(axis=1), classes),
             # Single-sample calls, cycling through the test samples, after warm-up.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from edgeops import progress
 from edgeops.datasets.base import DatasetRecord, Splits, load_splits
 from edgeops.errors import InputError
 from edgeops.models.nets import ModelSpec, PostureNet
@@ -148,7 +149,7 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
     workers = min(len(names), config.workers or cores)
     # Longest first: QAT and the pruned candidate fine-tune, the others only calibrate.
     order = sorted(names, key=lambda name: (name.startswith(PRUNED_PREFIX), Strategy.qat in name), reverse=True)
-    print(f"building {len(names)} programs in {workers} worker processes: {', '.join(order)}")
+    progress.report(f"lowering {len(names)} programs in {workers} worker processes: {', '.join(order)}", 0, len(names))
     programs: dict[str, LoweredProgram] = {}
     # spawn, not fork: torch's thread pools do not survive a fork.
     context = multiprocessing.get_context("spawn")
@@ -158,7 +159,9 @@ def export(dataset_dir: Path, model_dir: Path, out_dir: Path, settings: Settings
         for future in as_completed(futures):
             name = futures[future]
             programs[name] = program = future.result()
-            print(f"{name}: {program.size_bytes:,} bytes in {program.seconds:.1f} s")
+            progress.report(
+                f"{name}: {program.size_bytes:,} bytes in {program.seconds:.1f} s", len(programs), len(names)
+            )
 
     candidates = {name: program for name, program in programs.items() if isinstance(program, Candidate)}
     calibration = config.calibration_count(DatasetRecord.load(dataset_dir).samples["train"])

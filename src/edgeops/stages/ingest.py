@@ -12,12 +12,13 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgeops import progress
 from edgeops.datasets import adapter_for, pmd
 from edgeops.datasets.base import DATA_FILE, BuiltDataset, DatasetRecord, dataset_key, save_splits
 from edgeops.settings import Dataset, Settings, check_name, parse_choice
 from edgeops.stack import tracking
 from edgeops.stack.s3 import put_if_absent, s3_client
-from edgeops.stack.sessions import fetch_session
+from edgeops.stack.sessions import SESSION_PARAM, fetch_session, is_session_uri, session_location
 from edgeops.stack.sources import fetch_pmd, source_uri
 
 if TYPE_CHECKING:
@@ -44,11 +45,13 @@ def ingest(
     track = settings.track(parse_choice(Dataset, dataset))
     model_name = check_name("model_name", track.model_name if model_name is None else model_name)
     s3: S3Client | None = None
+    session = None
     with ExitStack() as scratch:
-        if manifest is not None and str(manifest).startswith("s3:/"):  # Path() folds "s3://" to "s3:/"
+        if manifest is not None and is_session_uri(manifest):
+            session = "s3://{}/{}".format(*session_location(manifest))  # "s3:/" once it was a Path
             s3 = s3_client(settings)
             directory = Path(scratch.enter_context(tempfile.TemporaryDirectory()))
-            manifest = fetch_session(str(manifest), directory, s3)
+            manifest = fetch_session(session, directory, s3)
         source = settings
         if track.dataset == Dataset.pmd and not pmd.on_disk(settings.pmd.data):
             s3 = s3 or s3_client(settings)
@@ -56,8 +59,13 @@ def ingest(
             fetched = fetch_pmd(settings.pmd.data, directory, s3, settings.raw_bucket)
             source = settings.model_copy(update={"pmd": settings.pmd.model_copy(update={"data": fetched})})
         built = adapter_for(track.dataset, source, Path(manifest) if manifest else None).build()  # validates
-        if source is not settings:  # where the data came from, not the scratch directory it was read in
+        # Where the data came from, not the scratch directory it was read in.
+        if source is not settings:
             built.params["pmd.root"] = source_uri(settings.pmd.data, settings.raw_bucket)
+        if session is not None:  # the fleet service finds the runs its drift started by this
+            built.params[SESSION_PARAM] = session
+        samples = ", ".join(f"{split} {count:,}" for split, count in built.record.samples.items())
+        progress.report(f"dataset {built.record.version}: {samples} samples; archiving to s3://{settings.raw_bucket}")
         save_splits(built.splits, out_dir)
         publish_dataset(built, out_dir, s3 or s3_client(settings), settings, track.experiment, model_name)
     return built.record

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from edgeops import progress
 from edgeops.errors import EdgeopsError, PromotionError
 from edgeops.files import sha256_bytes
 from edgeops.ota.keys import Keyring
@@ -131,6 +132,7 @@ def reconcile(settings: Settings, model_name: str, keyring: Keyring, client: Any
 
 REQUEST_DIR = "release"  # where a release request keeps the model and its record in the MLflow run
 STATE_TAG = "release_state"  # on a registry version: requested | published | refused
+ROLLOUT_TAG = "release_rollout_percent"  # on a request: the share of the channel's devices it is for
 
 
 def _register(
@@ -186,9 +188,12 @@ def publish_registered(
     model_name: str,
     channel: str,
     version: int,
+    rollout_percent: int,
 ) -> Release:
-    """Publish registry version `version` as a signed release, then let the alias follow what is live."""
+    """Publish registry version `version` as a signed release for `rollout_percent` % of the channel's devices,
+    then let the alias follow what is live."""
     bucket = settings.ota_bucket
+    progress.report(f"signing and uploading {model_name} ({len(model_bytes):,} bytes) to s3://{bucket}")
     after_commit: PromotionError | None = None
     try:
         release = publish(
@@ -197,7 +202,7 @@ def publish_registered(
             keyring,
             settings.release,
             build_release(verified, model_name, channel, version).model_copy(
-                update={"rollout_percent": settings.release.rollout_percent}
+                update={"rollout_percent": rollout_percent}
             ),
             model_bytes,
         )
@@ -256,7 +261,9 @@ def promote(
             f"registering {model_name} in MLflow at {settings.tracking_uri} failed ({type(error).__name__}: {error}); "
             "nothing was published, the previous release stays live"
         ) from None
-    release = publish_registered(settings, keyring, client, verified, model_bytes, model_name, channel, version)
+    release = publish_registered(
+        settings, keyring, client, verified, model_bytes, model_name, channel, version, settings.release.rollout_percent
+    )
     promotion = Promotion(
         model_name=model_name,
         version=version,
@@ -284,7 +291,11 @@ def _request(
             mlflow.log_artifact(str(verified_dir / verified.record_file), REQUEST_DIR)
         client = tracking.client(settings)
         source = f"runs:/{verified.run_id}/{REQUEST_DIR}/{verified.file}"
-        tags = {STATE_TAG: "requested", "release_channel": channel}
+        tags = {
+            STATE_TAG: "requested",
+            "release_channel": channel,
+            ROLLOUT_TAG: str(settings.release.rollout_percent),
+        }
         version = _register(client, model_name, verified, source, tags)
     except Exception as error:  # MLflow raises several types; all mean the same here
         raise PromotionError(

@@ -3,8 +3,9 @@
 With `settings.release.signed_by = "signer"` (a cluster), promote logs the verified model and its
 record under `release/` in its MLflow run and registers a version tagged `release_state=requested`.
 The signer runs apart, in a namespace of its own with the online keys (`edgeops release sign-requests`,
-a CronJob), takes each request, checks it for itself, publishes it and tags the version `published`,
-or `refused` with the reason.
+a CronJob), takes each request, checks it for itself, publishes it (for the share of the channel's devices
+the request names, `release.rollout_percent` where promote ran) and tags the version `published`, or
+`refused` with the reason.
 
 It checks without trusting the pipeline's configuration: the model's sha256 against the record and
 the registry; the model name against the track table; the values verify recorded against the
@@ -27,7 +28,7 @@ from edgeops.runtime import reproduction_error
 from edgeops.settings import Settings
 from edgeops.stack import tracking
 from edgeops.stack.s3 import s3_client
-from edgeops.stages.promote import REQUEST_DIR, STATE_TAG, checked_release, publish_registered
+from edgeops.stages.promote import REQUEST_DIR, ROLLOUT_TAG, STATE_TAG, checked_release, publish_registered
 from edgeops.stages.verify import VerifiedModel, gate_limits, passes
 
 
@@ -49,6 +50,14 @@ def pending_requests(client: Any) -> list[Any]:
     """Registry versions waiting for a release, oldest first per model."""
     versions = client.search_model_versions(f"tags.{STATE_TAG} = 'requested'")
     return sorted(versions, key=lambda v: (v.name, int(v.version)))
+
+
+def requested_rollout(version: Any) -> int:
+    """The share of devices a request is for: 100 when it names none (a request from before staged rollouts)."""
+    text = version.tags.get(ROLLOUT_TAG, "100")
+    if not text.isdigit() or not 1 <= int(text) <= 100:
+        raise RequestRefused(f"{ROLLOUT_TAG} is {text!r}, not a percentage from 1 to 100")
+    return int(text)
 
 
 def check_request(settings: Settings, version: Any, request_dir: Path) -> tuple[VerifiedModel, str, str, bytes]:
@@ -107,6 +116,7 @@ def sign_request(settings: Settings, keyring: Keyring, client: Any, version: Any
         try:
             request_dir = Path(client.download_artifacts(version.run_id, REQUEST_DIR, scratch))
             verified, model_name, channel, model_bytes = check_request(settings, version, request_dir)
+            rollout_percent = requested_rollout(version)
         except EdgeopsError as error:  # the request itself is wrong: refuse it for good
             tag("refused", release_refusal=str(error)[:4000])
             return SignedRequest(name, number, f"refused: {error}", "refused")
@@ -114,7 +124,7 @@ def sign_request(settings: Settings, keyring: Keyring, client: Any, version: Any
             live = _already_live(settings, keyring, model_name, channel, number)
             if live is None:
                 live = publish_registered(
-                    settings, keyring, client, verified, model_bytes, model_name, channel, number
+                    settings, keyring, client, verified, model_bytes, model_name, channel, number, rollout_percent
                 ).version
         except EdgeopsError as error:  # the store or the registry failed: the next run retries
             return SignedRequest(name, number, f"failed, retried next run: {error}", "requested")

@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from edgeops import progress
 from edgeops.datasets.base import DatasetRecord, load_splits
 from edgeops.errors import InputError
 from edgeops.models.nets import ModelSpec, build_model
@@ -90,7 +91,8 @@ def train(
 
         def log_epoch(epoch: int, metrics: dict[str, float]) -> None:
             mlflow.log_metrics(metrics, step=epoch)
-            print(f"epoch {epoch}/{recipe.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            figures = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+            progress.report(f"epoch {epoch}/{recipe.epochs}: {figures}", epoch, recipe.epochs)
 
         fitted = fit_new_model(spec, load_splits(dataset_dir), recipe, track.train.threads, log_epoch)
         info = TrainedModel(

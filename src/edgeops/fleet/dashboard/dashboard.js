@@ -388,7 +388,15 @@
       `<td class="muted">${escapeHtml(new Date(t.at).toLocaleString())}</td>` +
       `<td>${Object.entries(t.chambers || {}).map(([c, psi]) => `${escapeHtml(c)} ${escapeHtml(Number(psi).toFixed(2))}`).join(", ")}</td>` +
       `<td class="id">${escapeHtml(t.session || "–")}</td>` +
-      `<td class="muted">${escapeHtml(t.status)}</td></tr>`).join("");
+      `<td class="muted">${escapeHtml(t.status)}</td>` +
+      `<td>${[runLink(t.mlflow_run, "MLflow run"), runLink(t.log, "pipeline run")].filter(Boolean).join(" · ") || "–"}</td></tr>`).join("");
+  }
+
+  // A web address becomes a link; a log file on the service's machine is shown as its path.
+  function runLink(where, text) {
+    if (!where) return "";
+    if (/^https?:\/\//.test(where)) return `<a href="${escapeHtml(where)}" target="_blank" rel="noopener">${text}</a>`;
+    return `<span class="muted" title="log file">log ${escapeHtml(where)}</span>`;
   }
 
   function renderDevices(doc) {
