@@ -32,8 +32,9 @@ help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-16s %s\n", $$1, $$2}'
 
 .tools/bin/uv:
-	python3 -m venv .tools
-	.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
+	@echo "installing uv $(UV_VERSION) into .tools"
+	@python3 -m venv .tools
+	@.tools/bin/pip install --quiet "uv==$(UV_VERSION)"
 
 .venv/.installed: pyproject.toml uv.lock | $(UV)
 	@mkdir -p .edgeops/logs

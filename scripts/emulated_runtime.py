@@ -167,7 +167,10 @@ def run(command: list[str], what: str, capture: bool = False, echo: bool = True,
             tail = "\n".join(LOG.read_text(errors="replace").splitlines()[-20:])
             raise InstallError(f"{what}: `{' '.join(command)}` exited with {result.returncode} (log {LOG})\n{tail}")
         return ""
-    if echo:
+    if echo and LOG is not None:
+        with LOG.open("a") as log:
+            log.write("+ " + " ".join(command) + "\n")
+    elif echo:
         say("+ " + " ".join(command))
     result = subprocess.run(
         command,

@@ -33,6 +33,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
 
 
+def say(request: pytest.FixtureRequest, message: str) -> None:
+    """A line on pytest's terminal while a long fixture works; its own output is captured."""
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(message)
+
+
 def _free(port: int) -> bool:
     with socket.socket() as probe:
         try:

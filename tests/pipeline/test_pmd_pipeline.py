@@ -28,7 +28,7 @@ from edgeops.stack import tracking
 from edgeops.stages.benchmark import predict_all
 from edgeops.stages.ingest import ingest
 from edgeops.stages.verify import PATH_METRIC
-from tests.conftest import PMD_DATA
+from tests.conftest import PMD_DATA, say
 
 MODEL = "pmd-posture-test"
 LABELS = ["supine", "right", "left"]
@@ -57,7 +57,9 @@ SMALL = {
 
 
 @pytest.fixture(scope="module")
-def small_pmd(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+def small_pmd(
+    stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Settings]:
     """The stack's settings on the small subset, with the PMD pipeline run once (tasks read the environment)."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in SMALL.items():
@@ -69,8 +71,10 @@ def small_pmd(stack_settings: Settings, tmp_path_factory: pytest.TempPathFactory
         gates = arguments["gates"]
         assert gates["min_int8_size_ratio"] == 2 and gates["max_int8_p95_ms"] == 20.0  # one override
         # As from the Kubeflow UI: only the dataset chosen; model, name and gates come from the pmd track's row.
+        say(request, "\nsmall_pmd: running the PMD pipeline on the small subset (a few minutes) …")
         run = run_local(settings, {"dataset": "pmd"}, tmp_path_factory.mktemp("kfp"))
         assert set(run.stage_status.values()) == {"SUCCESS"}
+        say(request, f"small_pmd: the PMD pipeline ran in {run.seconds:.0f} s")
         yield settings
 
 
