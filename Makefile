@@ -165,7 +165,7 @@ mysql-server: ## install MariaDB from Debian packages if no MySQL server is inst
 image-requirements: install ## refresh the images' hashed requirement files from uv.lock
 	python3 scripts/images.py requirements
 
-docker-engine: ## install Debian's docker.io when no Docker daemon answers
+docker-engine: ## install Debian's docker.io when no Docker daemon answers, and debootstrap for the base image
 	python3 scripts/docker_engine.py install
 
 broker: ## Eclipse Mosquitto from Debian's packages, when missing (the devices' MQTT broker)

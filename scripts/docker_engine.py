@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts.system import apt_install, find, root_prefix
 
 PACKAGES = ("docker.io",)
+BASE_IMAGE_PACKAGES = ("debootstrap",)
 DEFAULT_DATA_ROOT = Path.home() / ".cache" / "edgeops" / "docker"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 30.0
@@ -84,14 +85,18 @@ def answering() -> str | None:
 
 
 def install() -> int:
-    """Install docker.io with apt-get unless a daemon answers or dockerd is already installed."""
+    """Install docker.io with apt-get unless a daemon answers or dockerd is already installed; and debootstrap,
+    which builds our base image where no registry answers (scripts/base_image.sh)."""
+    status = 0
     if answering() is not None:
         print("a Docker daemon answers: using it")
-        return 0
-    if find("dockerd") and Path("/usr/bin/docker").exists():
+    elif find("dockerd") and Path("/usr/bin/docker").exists():
         print(f"dockerd already installed: {find('dockerd')}")
-        return 0
-    return apt_install(*PACKAGES)
+    else:
+        status = apt_install(*PACKAGES)
+    if status == 0 and not find("debootstrap"):
+        status = apt_install(*BASE_IMAGE_PACKAGES)
+    return status
 
 
 def _tail(path: Path, lines: int = 20) -> str:
