@@ -4,6 +4,7 @@ a name from outside (a manifest entry, an S3 key) becomes a local path (`inside`
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 from collections.abc import Iterator
@@ -59,6 +60,14 @@ def write_atomically(path: Path, data: bytes, mode: int | None = None) -> None:
         if mode is not None:
             os.fchmod(handle.fileno(), mode)
         handle.write(data)
+
+
+def generated_secret(path: Path, key: str) -> str:
+    """A random secret made once into `path` (JSON, 0600 from its first byte) and read back from there after."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomically(path, json.dumps({key: secrets.token_urlsafe(24)}).encode(), mode=0o600)
+    return str(json.loads(path.read_text())[key])
 
 
 def inside(base: Path, relative: str | PurePath, what: str = "path") -> Path:

@@ -403,6 +403,9 @@ class FleetConfig(BaseModel):
     # The fleet service's own broker identity; empty password: generated into the state dir by `edgeops up`.
     mqtt_username: str = "edgeops-fleet"
     mqtt_password: SecretStr | None = None
+    # Who may write to the service's API (the rollout controller reporting its state); empty: generated into the
+    # state dir (fleet/api-token.json, 0600), which the controller on the same machine reads too.
+    api_token: SecretStr | None = None
     # Where `edgeops fleet add-device` writes a device's credentials (0600) and the agent looks for them;
     # empty: <state_dir>/fleet/devices.
     credentials_dir: Path | None = None

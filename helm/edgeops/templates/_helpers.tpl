@@ -435,6 +435,14 @@ Secret with the fleet service's database password: fleet.database.existingSecret
 {{- end }}
 {{- end }}
 
+{{- define "edgeops.fleet.apiSecretName" -}}
+{{- default (include "edgeops.componentName" (dict "ctx" . "component" "fleet-api")) .Values.fleet.api.existingSecret }}
+{{- end }}
+
+{{- define "edgeops.fleet.apiTokenKey" -}}
+{{- if .Values.fleet.api.existingSecret }}{{ .Values.fleet.api.tokenKey }}{{ else }}token{{ end }}
+{{- end }}
+
 {{- define "edgeops.fleet.dbPasswordKey" -}}
 {{- if .Values.fleet.database.existingSecret }}{{ .Values.fleet.database.passwordKey }}{{ else }}password{{ end }}
 {{- end }}

@@ -77,7 +77,7 @@ def serve() -> None:
     host = config.http_host or settings.host
     console.print(f"fleet dashboard on http://{host}:{config.http_port}/ (database {store.engine.url!r})")
     try:
-        app = create_app(settings, store, reference, settings.state_dir.resolve() / "rollouts")
+        app = create_app(settings, store, reference)
         uvicorn.run(app, host=host, port=config.http_port, log_level="warning")
     finally:
         watch.stop()

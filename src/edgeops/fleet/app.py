@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import secrets
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, HTTPException, Request, Response
+from fastapi import FastAPI, Header, HTTPException, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from slowapi import Limiter, _rate_limit_exceeded_handler
@@ -15,6 +16,8 @@ from slowapi.errors import RateLimitExceeded
 from slowapi.util import get_remote_address
 
 from edgeops.device.messages import json_schema
+from edgeops.fleet.credentials import api_token
+from edgeops.fleet.rollout import Rollout
 from edgeops.fleet.store import Store
 from edgeops.fleet.summary import fleet_summary
 from edgeops.settings import Settings
@@ -30,9 +33,7 @@ def plotly_js() -> str:
     return str(get_plotlyjs())
 
 
-def create_app(
-    settings: Settings, store: Store, reference: dict[str, list[float]] | None = None, rollouts_dir: Path | None = None
-) -> FastAPI:
+def create_app(settings: Settings, store: Store, reference: dict[str, list[float]] | None = None) -> FastAPI:
     limit = settings.fleet.rate_limit
     limiter = Limiter(key_func=get_remote_address, default_limits=[limit])
     app = FastAPI(title="edgeops fleet", docs_url="/api/docs", openapi_url="/api/openapi.json")
@@ -47,7 +48,7 @@ def create_app(
     @app.get("/api/fleet")
     @limiter.limit(limit)
     def fleet(request: Request) -> JSONResponse:
-        return JSONResponse(fleet_summary(store, training, settings.fleet, rollouts_dir))
+        return JSONResponse(fleet_summary(store, training, settings.fleet))
 
     @app.get("/api/devices")
     @limiter.limit(limit)
@@ -73,6 +74,21 @@ def create_app(
         if since.tzinfo is None:
             raise HTTPException(422, "since needs a time zone (e.g. 2026-12-01T03:00:00+00:00)")
         return store.release_health(model, wanted, since)
+
+    token = cache(lambda: api_token(settings))  # made on first use: a service nobody writes to writes no token
+
+    @app.put("/api/rollouts/{model}/{channel}")
+    @limiter.limit(limit)
+    def report_rollout(
+        request: Request, model: str, channel: str, rollout: Rollout, authorization: str = Header("")
+    ) -> dict[str, bool]:
+        """A rollout controller's newest state (`edgeops rollout`), for the dashboard; needs the API token."""
+        if not secrets.compare_digest(authorization.encode(), f"Bearer {token()}".encode()):
+            raise HTTPException(401, "a rollout's state needs the fleet API token (Authorization: Bearer …)")
+        if (rollout.model, rollout.channel) != (model, channel):
+            raise HTTPException(422, f"the state is of {rollout.model} {rollout.channel}, not {model} {channel}")
+        store.save_rollout(rollout.model_dump(mode="json"), rollout.started_at, datetime.now(UTC))
+        return {"ok": True}
 
     @app.get("/api/schema")
     def schema() -> dict[str, object]:

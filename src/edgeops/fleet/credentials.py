@@ -6,8 +6,18 @@ import secrets
 from pathlib import Path
 
 from edgeops.device.telemetry import BrokerCredentials
+from edgeops.files import generated_secret
 from edgeops.settings import Settings
 from edgeops.stack import broker, supervisor
+
+API_TOKEN_FILE = "fleet/api-token.json"
+
+
+def api_token(settings: Settings) -> str:
+    """The token that lets a client write to the fleet service's API: the setting, else the state dir's."""
+    if settings.fleet.api_token is not None:
+        return settings.fleet.api_token.get_secret_value()
+    return generated_secret(settings.state_dir.resolve() / API_TOKEN_FILE, "token")
 
 
 def _issue(settings: Settings, device_id: str, path: Path) -> str:

@@ -10,13 +10,15 @@ as soon as a bound is crossed, and then publishes a signed rollback to the basel
 
 Its state is one JSON file per model and channel, written atomically before each action, so a restarted
 controller carries on where it stopped and never takes a decision twice: a step whose release is already
-published is adopted, not published again.
+published is adopted, not published again. Each write is also sent to the fleet service, whose dashboard shows it.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable
@@ -28,10 +30,13 @@ from pydantic import BaseModel, Field
 
 from edgeops.errors import InputError
 from edgeops.files import write_atomically
+from edgeops.fleet.credentials import api_token
 from edgeops.ota.keys import Keyring
 from edgeops.ota.publisher import ReleaseError, newest_release, read_release, read_state, rollback, widen
 from edgeops.settings import Settings
 from edgeops.stack.s3 import s3_client
+
+logger = logging.getLogger(__name__)
 
 
 class Bounds(BaseModel):
@@ -87,9 +92,24 @@ def load(settings: Settings, model: str, channel: str) -> Rollout | None:
 
 
 def save(settings: Settings, rollout: Rollout) -> None:
+    """On disk first (the controller resumes from it), then to the fleet service, which shows it on the dashboard
+    wherever the controller runs; a service that does not take it delays no decision."""
     path = state_file(settings, rollout.model, rollout.channel)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomically(path, rollout.model_dump_json(indent=2).encode())
+    body = rollout.model_dump_json(indent=2).encode()
+    write_atomically(path, body)
+    model, channel = urllib.parse.quote(rollout.model), urllib.parse.quote(rollout.channel)
+    request = urllib.request.Request(
+        f"{settings.fleet_url}/api/rollouts/{model}/{channel}",
+        data=body,
+        method="PUT",
+        headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_token(settings)}"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+    except (urllib.error.URLError, OSError) as error:
+        logger.warning("the fleet service did not take the rollout's state (%s); it is in %s", error, path)
 
 
 def plan(

@@ -120,6 +120,15 @@ retrain_triggers = Table(  # drift that started a training run (fleet/retrain.py
     Column("log", String(1000)),  # the local run's log file, or the Kubeflow Pipelines run's URL
     Column("mlflow_run", String(1000), nullable=True),  # the run's MLflow page, once ingest has opened it
 )
+rollouts = Table(  # each staged rollout's state, as its controller last reported it (fleet/rollout.py)
+    "rollouts",
+    metadata,
+    Column("model", String(63), primary_key=True),
+    Column("channel", String(63), primary_key=True),
+    Column("started_at", DateTime, index=True),
+    Column("updated_at", DateTime),
+    Column("state", JSON),
+)
 counters = Table(
     "counters",
     metadata,
@@ -505,6 +514,25 @@ class Store:
                 .where(retrain_triggers.c.id == trigger)
                 .values({k: v[:1000] for k, v in values.items() if v is not None})
             )
+
+    def save_rollout(self, state: dict[str, Any], started_at: datetime, at: datetime) -> None:
+        """Keep the newest state of the rollout of (`state["model"]`, `state["channel"]`)."""
+        key = {"model": state["model"], "channel": state["channel"]}
+        row = {"started_at": naive_utc(started_at), "updated_at": naive_utc(at), "state": state}
+        with self.engine.begin() as db:
+            found = db.execute(
+                rollouts.update()
+                .where(rollouts.c.model == key["model"], rollouts.c.channel == key["channel"])
+                .values(**row)
+            ).rowcount
+            if not found:
+                db.execute(rollouts.insert().values(**key, **row))
+
+    def rollouts(self) -> list[dict[str, Any]]:
+        """The states of the newest rollouts, newest first."""
+        with self.engine.connect() as db:
+            rows = db.execute(select(rollouts.c.state).order_by(rollouts.c.started_at.desc()).limit(20))
+            return [dict(row.state) for row in rows]
 
     def retrain_triggers(self) -> list[dict[str, Any]]:
         with self.engine.connect() as db:

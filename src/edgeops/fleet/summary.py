@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from edgeops.fleet.reference import bin_edges, psi
@@ -14,9 +12,7 @@ from edgeops.settings import FleetConfig
 DRIFT_WINDOW_BUCKETS = 10  # drift compares the last ten class-mix buckets' inputs (ten minutes by default)
 
 
-def fleet_summary(
-    store: Store, reference: dict[str, list[float]], config: FleetConfig, rollouts_dir: Path | None = None
-) -> dict[str, Any]:
+def fleet_summary(store: Store, reference: dict[str, list[float]], config: FleetConfig) -> dict[str, Any]:
     now = datetime.now(UTC)
     online_since = now - timedelta(seconds=config.online_after_s)
     device_rows = []
@@ -58,7 +54,7 @@ def fleet_summary(
         "drift_threshold": config.drift_threshold,
         "drift_min_samples": config.drift_min_samples,
         "counters": store.counters(),
-        "rollouts": _rollouts(rollouts_dir),
+        "rollouts": store.rollouts(),
         "retraining": store.retrain_triggers(),
     }
 
@@ -86,16 +82,3 @@ def drift_report(
             }
         )
     return drift
-
-
-def _rollouts(directory: Path | None) -> list[dict[str, Any]]:
-    """The staged rollouts `edgeops rollout` runs on this machine, as their state files say (newest first)."""
-    if directory is None or not directory.is_dir():
-        return []
-    found = []
-    for path in directory.glob("*.json"):
-        try:
-            found.append(json.loads(path.read_text()))
-        except (OSError, ValueError):
-            continue  # being replaced this very moment: the next refresh reads it
-    return sorted(found, key=lambda rollout: str(rollout.get("started_at")), reverse=True)

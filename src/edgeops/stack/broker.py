@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import getpass
 import hashlib
-import json
 import os
 import secrets
 import shutil
@@ -20,7 +19,7 @@ import signal
 from pathlib import Path
 
 from edgeops.errors import InputError
-from edgeops.files import write_atomically
+from edgeops.files import generated_secret, write_atomically
 from edgeops.settings import Settings, check_name
 
 PASSWORD_ITERATIONS = 101  # mosquitto_passwd's own default for `$7$`
@@ -88,12 +87,7 @@ def service_password(settings: Settings) -> str:
     """The fleet service's broker password: the setting, else generated once into the state dir (0600)."""
     if settings.fleet.mqtt_password is not None:
         return settings.fleet.mqtt_password.get_secret_value()
-    path = settings.state_dir.resolve() / SERVICE_PASSWORD_FILE
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch(mode=0o600)
-        path.write_text(json.dumps({"password": secrets.token_urlsafe(24)}))
-    return str(json.loads(path.read_text())["password"])
+    return generated_secret(settings.state_dir.resolve() / SERVICE_PASSWORD_FILE, "password")
 
 
 def prepare(settings: Settings) -> Path:
