@@ -157,21 +157,20 @@ LOG: Path | None = None
 
 def run(command: list[str], what: str, capture: bool = False, echo: bool = True, **kwargs: Any) -> str:
     """Run `command`; raise InstallError naming `what` (with the output's tail) if it fails."""
+    line = "+ " + " ".join(command)
+    if LOG is not None and (echo or not capture):
+        with LOG.open("a") as log:
+            log.write(line + "\n")
+    elif LOG is None and echo:
+        say(line)
     if LOG is not None and not capture:
         with LOG.open("a") as log:
-            log.write("+ " + " ".join(command) + "\n")
-            log.flush()
             quiet = {"stdin": subprocess.DEVNULL, "stdout": log, "stderr": subprocess.STDOUT}
             result = subprocess.run(command, check=False, text=True, **quiet, **kwargs)
         if result.returncode != 0:
             tail = "\n".join(LOG.read_text(errors="replace").splitlines()[-20:])
             raise InstallError(f"{what}: `{' '.join(command)}` exited with {result.returncode} (log {LOG})\n{tail}")
         return ""
-    if echo and LOG is not None:
-        with LOG.open("a") as log:
-            log.write("+ " + " ".join(command) + "\n")
-    elif echo:
-        say("+ " + " ".join(command))
     result = subprocess.run(
         command,
         check=False,

@@ -75,11 +75,12 @@ def start_training(settings: Settings, session: str, at: datetime) -> TrainingRu
 
 def mlflow_run_url(settings: Settings, session: str, since: datetime) -> str | None:
     """The MLflow run a trigger started: the first run built from `session` since the trigger, if any yet."""
-    experiment = tracking.client(settings).get_experiment_by_name(settings.track(Dataset.mat).experiment)
+    client = tracking.client(settings)
+    experiment = client.get_experiment_by_name(settings.track(Dataset.mat).experiment)
     if experiment is None:
         return None
     quoted, since_ms = session.replace("'", "\\'"), int(since.timestamp() * 1000)
-    runs = tracking.client(settings).search_runs(
+    runs = client.search_runs(
         [experiment.experiment_id],
         filter_string=f"params.`{SESSION_PARAM}` = '{quoted}' and attributes.start_time >= {since_ms}",
         order_by=["attributes.start_time ASC"],
@@ -137,11 +138,11 @@ class DriftWatch:
         try:
             run = self.start(self.settings, session, now)
         except Exception as error:
-            self.store.update_retrain(trigger, f"could not start: {error}")
+            self.store.update_retrain(trigger, status=f"could not start: {error}")
             raise
         if run.process is not None:
             self.runs[trigger] = run.process
-        self.store.update_retrain(trigger, "running" if run.process else "submitted", log=run.where)
+        self.store.update_retrain(trigger, status="running" if run.process else "submitted", log=run.where)
         logger.warning("drift in %s: started a training run on %s (%s)", ", ".join(drifted), session, run.where)
         return trigger
 
@@ -149,14 +150,14 @@ class DriftWatch:
         """Find the MLflow run of each trigger that has none yet (it appears once ingest is done); note local runs
         that ended."""
         for row in self.store.retrain_triggers():
-            if row["session"] and not row["mlflow_run"]:
+            if row["log"] and not row["mlflow_run"]:  # a run was started (its log or KFP run is set), not linked yet
                 url = mlflow_run_url(self.settings, row["session"], datetime.fromisoformat(row["at"]))
                 if url is not None:
-                    self.store.update_retrain(row["id"], row["status"], mlflow_run=url)
+                    self.store.update_retrain(row["id"], mlflow_run=url)
         for trigger, process in list(self.runs.items()):
             if process.poll() is not None:
                 ended = "finished" if process.returncode == 0 else f"failed (exit {process.returncode})"
-                self.store.update_retrain(trigger, ended)
+                self.store.update_retrain(trigger, status=ended)
                 del self.runs[trigger]
 
     def stop(self) -> None:

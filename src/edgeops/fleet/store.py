@@ -506,7 +506,10 @@ class Store:
             assert key is not None
             return int(key[0])
 
-    def update_retrain(self, trigger: int, status: str, log: str | None = None, mlflow_run: str | None = None) -> None:
+    def update_retrain(
+        self, trigger: int, status: str | None = None, log: str | None = None, mlflow_run: str | None = None
+    ) -> None:
+        """Set what is given of a trigger's status, its run's log (or KFP run) and its MLflow run."""
         values = {"status": status, "log": log, "mlflow_run": mlflow_run}
         with self.engine.begin() as db:
             db.execute(

@@ -28,7 +28,7 @@ from rich.table import Table
 from rich.text import Text
 
 from edgeops import progress
-from edgeops.pipeline.task import EXECUTOR_OUTPUT, FAILURE_FILE, SECONDS, recorded_metadata
+from edgeops.pipeline.task import SUCCESS, new_run_dirs, stage_outcomes
 
 WAITING, STARTING, RUNNING, DONE, FAILED = "waiting", "starting", "running", "done", "failed"
 
@@ -70,13 +70,6 @@ class StageLine:
     error: str = ""
     progress: dict[str, Any] = field(default_factory=dict)
     announced: bool = False  # its start was printed (without a terminal)
-
-
-def _readable(executor_output: Path) -> dict[str, Any] | None:
-    try:
-        return recorded_metadata(executor_output)
-    except ValueError:
-        return None  # being written
 
 
 class LiveView:
@@ -121,20 +114,22 @@ class LiveView:
             self.update()
 
     def update(self) -> None:
-        run_dirs = [path for path in self.root.iterdir() if path.is_dir() and path not in self.earlier]
-        run_dir = max(run_dirs, key=lambda path: path.stat().st_mtime) if run_dirs else None
+        run_dirs = new_run_dirs(self.root, self.earlier)
+        try:
+            outcomes = {outcome.name: outcome for run_dir in run_dirs for outcome in stage_outcomes(run_dir)}
+        except ValueError:
+            return  # a record half written: read it on the next tick
+        task_dirs = {d.name: d for run_dir in run_dirs for d in run_dir.iterdir() if d.is_dir()}
         for index, line in enumerate(self.lines):
             before = line.status
-            task_dir = run_dir / line.name if run_dir else None
             if line.status in (DONE, FAILED):
                 continue
-            if task_dir is not None and (task_dir / FAILURE_FILE).is_file():
-                line.status, line.error = FAILED, json.loads((task_dir / FAILURE_FILE).read_text()).get("error", "")
-            elif task_dir is not None and (recorded := _readable(task_dir / EXECUTOR_OUTPUT)) is not None:
-                line.status, line.seconds = DONE, float(recorded[SECONDS])
-            elif task_dir is not None and task_dir.is_dir():
+            if (outcome := outcomes.get(line.name)) is not None:
+                line.status = DONE if outcome.status == SUCCESS else FAILED
+                line.seconds, line.error = outcome.seconds, outcome.error
+            elif line.name in task_dirs:
                 line.status = RUNNING
-                line.progress = progress.latest(task_dir / progress.PROGRESS_FILE) or line.progress
+                line.progress = progress.latest(task_dirs[line.name] / progress.PROGRESS_FILE) or line.progress
             elif all(earlier.status == DONE for earlier in self.lines[:index]):
                 line.status = STARTING  # its process is starting up: the task directory comes with the executor
             if line.status in (STARTING, RUNNING) and line.seen_at is None:

@@ -8,7 +8,6 @@ those records from the pipeline root afterwards.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import time
 import warnings
@@ -21,19 +20,9 @@ from rich.console import Console
 
 from edgeops.errors import EdgeopsError
 from edgeops.pipeline.live import LiveView, load_estimates, save_estimates, stage_order
-from edgeops.pipeline.task import EXECUTOR_OUTPUT, FAILURE_FILE, SECONDS, STARTED_AT, recorded_metadata
+from edgeops.pipeline.task import FAILURE, run_outcomes
 from edgeops.settings import Runner, Settings
 from edgeops.stack.sessions import is_session_uri
-
-SUCCESS, FAILURE = "SUCCESS", "FAILURE"
-
-
-class StageOutcome(BaseModel):
-    name: str
-    status: str
-    started_at: float
-    seconds: float
-    error: str = ""
 
 
 class PipelineRun(BaseModel):
@@ -76,26 +65,6 @@ def task_environment(settings: Settings) -> Iterator[None]:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-def stage_outcomes(run_dir: Path) -> list[StageOutcome]:
-    """What each task of one local run recorded about itself, in the order they started."""
-    outcomes = []
-    for task_dir in (path for path in run_dir.iterdir() if path.is_dir()):
-        failure = task_dir / FAILURE_FILE
-        if failure.is_file():
-            record = json.loads(failure.read_text())
-            status, error = FAILURE, record["error"]
-        elif (record := recorded_metadata(task_dir / EXECUTOR_OUTPUT)) is not None:
-            status, error = SUCCESS, ""
-        else:
-            continue  # not started, or died before its stage began
-        outcomes.append(
-            StageOutcome(
-                name=task_dir.name, status=status, started_at=record[STARTED_AT], seconds=record[SECONDS], error=error
-            )
-        )
-    return sorted(outcomes, key=lambda outcome: outcome.started_at)
 
 
 def docker_runner(settings: Settings, read_only_paths: list[Path]) -> Any:
@@ -177,12 +146,12 @@ def run_local(
             warnings.filterwarnings("ignore", message=".*non-Python base image.*")
             task = pipeline(**arguments)
     except RuntimeError as error:
-        failure = next((outcome for outcome in _outcomes(pipeline_root, earlier) if outcome.status == FAILURE), None)
+        failure = next((outcome for outcome in run_outcomes(pipeline_root, earlier) if outcome.status == FAILURE), None)
         if failure is None:  # the task died before its stage began (e.g. it could not import edgeops)
             raise EdgeopsError(f"pipeline failed: {error}; {where}") from None
         raise EdgeopsError(f"pipeline failed at task {failure.name}:\n{failure.error}\n({where})") from None
     seconds = time.perf_counter() - started
-    outcomes = _outcomes(pipeline_root, earlier)
+    outcomes = run_outcomes(pipeline_root, earlier)
     save_estimates(times, {outcome.name: outcome.seconds for outcome in outcomes})
     promotion = task.outputs if not isinstance(task.outputs, dict) else next(iter(task.outputs.values()), None)
     signed = sign_requested_releases(settings) if settings.local_runner.runner == Runner.docker else []
@@ -209,9 +178,3 @@ def sign_requested_releases(settings: Settings) -> list[str]:
             + "; ".join(f"{r.model_name} v{r.version}: {r.outcome}" for r in refused)
         )
     return [f"{request.model_name} registry version {request.version}: {request.outcome}" for request in handled]
-
-
-def _outcomes(pipeline_root: Path, earlier: set[Path]) -> list[StageOutcome]:
-    """The stage outcomes of the run directories created since `earlier` (KFP names each `<pipeline>-<timestamp>`)."""
-    runs = sorted(path for path in pipeline_root.iterdir() if path not in earlier and path.is_dir())
-    return [outcome for run_dir in runs for outcome in stage_outcomes(run_dir)]

@@ -14,11 +14,14 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import BaseModel
+
 from edgeops import progress
 
 STARTED_AT, SECONDS = "stage_started_at", "stage_seconds"  # artifact metadata keys
 FAILURE_FILE = "edgeops-failure.json"  # beside a failed task's output
 EXECUTOR_OUTPUT = "executor_output.json"  # what KFP's executor leaves in a task's directory on success
+SUCCESS, FAILURE = "SUCCESS", "FAILURE"
 
 
 class OutputArtifact(Protocol):
@@ -62,3 +65,41 @@ def recorded_metadata(executor_output: Path) -> dict[str, Any] | None:
             if SECONDS in metadata:
                 return metadata
     return None
+
+
+class StageOutcome(BaseModel):
+    name: str
+    status: str
+    started_at: float
+    seconds: float
+    error: str = ""
+
+
+def stage_outcomes(run_dir: Path) -> list[StageOutcome]:
+    """What each task of one local run recorded about itself, in the order they started."""
+    outcomes = []
+    for task_dir in (path for path in run_dir.iterdir() if path.is_dir()):
+        failure = task_dir / FAILURE_FILE
+        if failure.is_file():
+            record = json.loads(failure.read_text())
+            status, error = FAILURE, record["error"]
+        elif (record := recorded_metadata(task_dir / EXECUTOR_OUTPUT)) is not None:
+            status, error = SUCCESS, ""
+        else:
+            continue  # not started, or died before its stage began
+        outcomes.append(
+            StageOutcome(
+                name=task_dir.name, status=status, started_at=record[STARTED_AT], seconds=record[SECONDS], error=error
+            )
+        )
+    return sorted(outcomes, key=lambda outcome: outcome.started_at)
+
+
+def new_run_dirs(pipeline_root: Path, earlier: set[Path]) -> list[Path]:
+    """The run directories created since `earlier` (KFP names each `<pipeline>-<timestamp>`)."""
+    return sorted(path for path in pipeline_root.iterdir() if path not in earlier and path.is_dir())
+
+
+def run_outcomes(pipeline_root: Path, earlier: set[Path]) -> list[StageOutcome]:
+    """The stage outcomes of the runs created since `earlier`."""
+    return [outcome for run_dir in new_run_dirs(pipeline_root, earlier) for outcome in stage_outcomes(run_dir)]

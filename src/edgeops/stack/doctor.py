@@ -87,16 +87,18 @@ def stack_ports(settings: Settings) -> list[tuple[str, str, int, str]]:
 def ports(settings: Settings) -> list[Check]:
     """Each port free, or held by this stack's own service (started before: fine)."""
     checks = []
+    listeners: dict[int, int] | None = None  # from `ss`, once, when a port is taken
     for service, what, port, setting in stack_ports(settings):
         name = f"port {port}"
         if not supervisor.port_in_use(settings.host, port):
             checks.append(Check(name, True, f"free for the {what}"))
             continue
-        pid = supervisor.running_pid(settings, service)
-        if pid is not None and port in _listening_ports(pid):
+        listeners = _listeners() if listeners is None else listeners
+        pid, holder_pid = supervisor.running_pid(settings, service), listeners.get(port)
+        if pid is not None and holder_pid is not None and pid in (holder_pid, _parent(holder_pid)):
             checks.append(Check(name, True, f"the {what} of this stack is running (pid {pid})"))
             continue
-        holder = _holder(port)
+        holder = _holder(holder_pid)
         checks.append(
             Check(
                 name,
@@ -108,13 +110,7 @@ def ports(settings: Settings) -> list[Check]:
     return checks
 
 
-def _listening_ports(pid: int) -> set[int]:
-    """TCP ports `pid` (or a child of it) listens on, from `ss`; empty when it cannot tell."""
-    return {port for port, holder_pid in _listeners().items() if holder_pid == pid or _parent(holder_pid) == pid}
-
-
-def _holder(port: int) -> str:
-    pid = _listeners().get(port)
+def _holder(pid: int | None) -> str:
     if pid is None:
         return ""
     try:
